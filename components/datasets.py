@@ -98,24 +98,27 @@ def read_dataset(repo: str, path: str, rev: str | None = None) -> tuple[np.ndarr
 
 def data_version(repo: str | Path, rev: str | None = None, dvc_file: str = DATA_DVC) -> str:
     """The md5 that ``data.dvc`` records for the data folder (at ``rev``, or in the work tree)."""
-    import yaml
-
-    if rev:
-        import subprocess
+    if rev or not Path(repo).is_dir():  # a revision or a remote repo (git URL): read it through DVC
+        from dvc.api import DVCFileSystem
 
         try:
-            text = subprocess.run(
-                ["git", "-C", str(repo), "show", f"{rev}:{dvc_file}"],
-                check=True, capture_output=True, text=True,
-            ).stdout
-        except subprocess.CalledProcessError as exc:
-            raise DataVersionError(f"no {dvc_file} at revision {rev!r}: {exc.stderr.strip()}") from exc
+            with DVCFileSystem(str(repo), rev=rev or None).open(dvc_file, "r") as fh:
+                text = fh.read()
+        except Exception as exc:  # dvc/scmrepo raise many types for a bad repo or revision
+            raise DataVersionError(f"cannot read {dvc_file} from {repo} at revision {rev!r}: {exc}") from exc
     else:
         file = Path(repo) / dvc_file
         if not file.exists():
             raise DataVersionError(f"{file} does not exist: the data is not versioned with DVC")
         text = file.read_text()
-    outs = yaml.safe_load(text).get("outs") or []
+    return data_version_of(text, dvc_file)
+
+
+def data_version_of(text: str, dvc_file: str = DATA_DVC) -> str:
+    """The md5 recorded in the text of a ``.dvc`` file."""
+    import yaml
+
+    outs = (yaml.safe_load(text) or {}).get("outs") or []
     if not outs or "md5" not in outs[0]:
         raise DataVersionError(f"{dvc_file} records no md5 for its output")
     return outs[0]["md5"]

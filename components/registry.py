@@ -60,6 +60,16 @@ class Method:
         return {**self.defaults, **params}
 
 
+_VERBS = {"curation": "curate", "split": "split", "selection": "select", "labelling": "label",
+          "training": "train", "distillation": "distil", "evaluation": "evaluate"}
+
+
+def task_name(stage: str, method: str, round_index: int | None = None) -> str:
+    """The name a task carries in the pipeline and in MLflow, e.g. ``round-2-select-entropy``."""
+    name = f"{_VERBS[stage]}-{method}"
+    return name if round_index is None else f"round-{round_index}-{name}"
+
+
 def _import(path: str) -> Any:
     module, _, attr = path.partition(":")
     return getattr(importlib.import_module(module), attr)

@@ -146,7 +146,8 @@ def progress(message: str) -> None:
 
 
 @contextmanager
-def method_task(stage: str, method: str, context: str, run_key: str, params: str, task: str | None = None):
+def method_task(stage: str, method: str, context: str, run_key: str, params: str,
+                round_index: int | None = None):
     """Everything a task adapter opens: the run context, the registered method with its resolved
     parameters, and the task's nested MLflow run. Yields ``(ctx, method, params)``.
 
@@ -158,5 +159,5 @@ def method_task(stage: str, method: str, context: str, run_key: str, params: str
     ctx.run_key = run_key
     entry = registry.get(stage, method)
     resolved = entry.resolve_params(json.loads(params or "{}"))
-    with task_run(ctx, task or f"{stage}-{method}", {"method": method, **resolved}):
+    with task_run(ctx, registry.task_name(stage, method, round_index), {"method": method, **resolved}):
         yield ctx, entry, resolved

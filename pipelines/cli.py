@@ -8,6 +8,7 @@ import re
 import sys
 import tempfile
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 from pipelines.config import DEFAULT_CONFIG, ConfigError, load_config, task_names
@@ -141,6 +142,12 @@ def report(ctx, ok: bool) -> int:
     return 0 if ok and run.info.status == "FINISHED" else 1
 
 
+def check_cluster_tracking_uri(tracking_uri: str) -> None:
+    if tracking_uri.startswith(("sqlite:", "file:", "/", ".")):
+        raise ValueError(f"tracking URI {tracking_uri!r} is a local store a cluster cannot reach; "
+                         "pass --tracking-uri http(s)://<your MLflow server>")
+
+
 def compile_spec(config: dict, output: Path, tracking_uri: str) -> Path:
     """Compile ``config``'s pipeline to ``output`` with a context for tasks on a cluster."""
     from kfp import compiler
@@ -148,9 +155,7 @@ def compile_spec(config: dict, output: Path, tracking_uri: str) -> Path:
     from pipelines.pipeline import build_pipeline
     from pipelines.runtime import project_root, run_context
 
-    if tracking_uri.startswith(("sqlite:", "file:", "/", ".")):
-        raise ValueError(f"tracking URI {tracking_uri!r} is a local store a cluster cannot reach; "
-                         "pass --tracking-uri http(s)://<your MLflow server>")
+    check_cluster_tracking_uri(tracking_uri)
     ctx = run_context(config, project_root(), resolve_repo=False)
     ctx.tracking_uri, ctx.artifact_location, ctx.launch_id = tracking_uri, None, ""
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -166,6 +171,8 @@ def cmd_compile(args) -> None:
 
 
 def _cluster_config(args) -> dict:
+    """The config of a run bound for a cluster, checked before anything contacts the cluster."""
+    check_cluster_tracking_uri(args.tracking_uri)
     config = load_config(args.config)
     repo = str(config["data"]["repo"])
     if "://" not in repo and not repo.startswith("git@"):
@@ -174,19 +181,27 @@ def _cluster_config(args) -> dict:
     return config
 
 
-def _client(host: str):
+@contextmanager
+def kfp_api(host: str):
+    """A ``kfp.Client`` whose connection and API errors become one clear error naming the host."""
     import kfp
+    import kfp_server_api
+    import urllib3
 
-    return kfp.Client(host=host)
+    try:
+        yield kfp.Client(host=host)
+    except (urllib3.exceptions.HTTPError, kfp_server_api.ApiException, TimeoutError, ConnectionError) as exc:
+        raise RuntimeError(f"cannot reach the KFP API at {host}: {exc}") from exc
 
 
 def cmd_submit(args) -> None:
     config = _cluster_config(args)
     with tempfile.TemporaryDirectory() as tmp:
         package = compile_spec(config, Path(tmp) / "pipeline.yaml", args.tracking_uri)
-        result = _client(args.host).create_run_from_pipeline_package(
-            str(package), arguments={}, run_name=args.run_name or config["name"],
-            experiment_name=args.experiment, enable_caching=False)
+        with kfp_api(args.host) as client:
+            result = client.create_run_from_pipeline_package(
+                str(package), arguments={}, run_name=args.run_name or config["name"],
+                experiment_name=args.experiment, enable_caching=False)
     print(f"Submitted run {result.run_id} to {args.host}")
 
 
@@ -202,14 +217,14 @@ def validate_cron(cron: str) -> str:
 def cmd_schedule(args) -> None:
     cron = validate_cron(args.cron)
     config = _cluster_config(args)
-    client = _client(args.host)
     with tempfile.TemporaryDirectory() as tmp:
         package = compile_spec(config, Path(tmp) / "pipeline.yaml", args.tracking_uri)
-        experiment = client.create_experiment(args.experiment)
-        job = client.create_recurring_run(
-            experiment_id=experiment.experiment_id, job_name=args.name or f"{config['name']}-scheduled",
-            description=f"Scheduled retraining: {config.get('description', '')}", cron_expression=cron,
-            pipeline_package_path=str(package), max_concurrency=1, no_catchup=True, enable_caching=False)
+        with kfp_api(args.host) as client:
+            experiment = client.create_experiment(args.experiment)
+            job = client.create_recurring_run(
+                experiment_id=experiment.experiment_id, job_name=args.name or f"{config['name']}-scheduled",
+                description=f"Scheduled retraining: {config.get('description', '')}", cron_expression=cron,
+                pipeline_package_path=str(package), max_concurrency=1, no_catchup=True, enable_caching=False)
     print(f"Scheduled {job.recurring_run_id} on {args.host}: cron {cron!r} (UTC), max concurrency 1, no catch-up")
 
 

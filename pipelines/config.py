@@ -82,9 +82,10 @@ def _no_unknown(section: dict, allowed: set[str], where: str) -> None:
 
 def task_names(config: dict[str, Any]) -> list[str]:
     """The tasks a config's pipeline runs, in order (one per component invocation)."""
-    m = {stage: config[stage]["method"] for stage in PIPELINE_STAGES}
-    names = [f"curate-{m['curation']}", f"split-{m['split']}", f"round-0-train-{m['training']}"]
+    def name(stage: str, round_index: int | None = None) -> str:
+        return registry.task_name(stage, config[stage]["method"], round_index)
+
+    names = [name("curation"), name("split"), name("training", 0)]
     for r in range(1, config["selection"]["rounds"] + 1):
-        names += [f"round-{r}-select-{m['selection']}", f"round-{r}-label-{m['labelling']}",
-                  f"round-{r}-train-{m['training']}"]
-    return names + [f"distil-{m['distillation']}", f"evaluate-{m['evaluation']}"]
+        names += [name("selection", r), name("labelling", r), name("training", r)]
+    return names + [name("distillation"), name("evaluation")]

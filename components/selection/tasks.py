@@ -18,7 +18,7 @@ def run_selection(method: str, context: str, run_key: str, params: str, round_in
 
     from components.training import models
 
-    with method_task("selection", method, context, run_key, params, f"round-{round_index}-select-{method}") as (ctx, entry, p):
+    with method_task("selection", method, context, run_key, params, round_index) as (ctx, entry, p):
         data, labelled_set = load_labelled(dataset), load_arrays(labelled)
         pool = unlabelled_rows(load_arrays(splits), labelled_set)
         probs = models.predict_proba(models.load(model), data.features[pool]).numpy()
@@ -35,7 +35,7 @@ def run_labelling(method: str, context: str, run_key: str, params: str, round_in
                   labelled: str, selected: str, labelled_out: str) -> None:
     import mlflow
 
-    with method_task("labelling", method, context, run_key, params, f"round-{round_index}-label-{method}") as (ctx, entry, p):
+    with method_task("labelling", method, context, run_key, params, round_index) as (ctx, entry, p):
         data, before, picked = load_labelled(dataset), load_arrays(labelled), load_arrays(selected)
         overlap = np.intersect1d(before["rows"], picked["rows"])
         if overlap.size:

@@ -14,7 +14,7 @@ def run_training(method: str, context: str, run_key: str, params: str, round_ind
     from components.training import models
     from components.training.train import accuracy
 
-    with method_task("training", method, context, run_key, params, f"round-{round_index}-train-{method}") as (ctx, entry, p):
+    with method_task("training", method, context, run_key, params, round_index) as (ctx, entry, p):
         data, split, labels = load_labelled(dataset), load_arrays(splits), load_arrays(labelled)
         arch_kwargs = {k: v for k, v in p.items() if k not in TRAINING_KEYS}
         epochs = p["epochs"]

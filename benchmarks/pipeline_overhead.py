@@ -1,0 +1,214 @@
+"""Per-task orchestration overhead of a local pipeline run (kfp.local + MLflow).
+
+Runs a config once, for real, with ``execute_locally`` (the code path of ``distillery run``) and
+compares, for every task, the wall time kfp.local reports with the work the task itself measured
+(the ``work_seconds`` metric of its nested MLflow run). The difference is what orchestration costs
+per task: a fresh interpreter, the kfp executor, importing the task's modules (mlflow, torch, ...),
+opening and closing the nested MLflow run, and writing outputs.
+
+Beside it, in the same run, the floors a user would compare with:
+
+* ``python -c pass``: the cost of any subprocess-per-task runner;
+* ``python -c "import kfp.dsl.executor_main"``: what kfp.local's executor imports before any task code;
+* ``python -c "import mlflow, torch"``: the heavy libraries a task imports;
+* ``python -c "import components.tracking, components.datasets"``: our task modules' import cost
+  before their lazy imports (should stay near the interpreter start);
+* connecting to the (already initialised) MLflow store from a fresh interpreter, as each task does;
+* the sum of ``work_s``: the same method work run in one process, i.e. no orchestration at all.
+
+The MLflow store is a fresh SQLite file in a temporary folder (never the user's store); its schema
+is created before the timed run, as it is for every run after a user's first.
+
+    python benchmarks/pipeline_overhead.py            # default config (~3 min on 2 cores)
+    python benchmarks/pipeline_overhead.py --quick    # tests/configs/tiny.yaml
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+QUICK_CONFIG = ROOT / "tests" / "configs" / "tiny.yaml"
+FLOOR_RUNS = 3
+FLOORS = {  # summary key -> code run by a fresh interpreter
+    "floor_python_start_s": "pass",
+    "floor_import_kfp_executor_s": "import kfp.dsl.executor_main",
+    "floor_import_mlflow_torch_s": "import mlflow, torch",
+    "floor_import_task_modules_s": "import components.tracking, components.datasets",
+    # what every task does first in MLflow: connect to the store, find the experiment (no run opened)
+    "floor_mlflow_store_connect_s": "import mlflow, os; mlflow.MlflowClient(os.environ['MLFLOW_TRACKING_URI'])"
+                                    ".search_experiments(max_results=1)",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    if str(ROOT) not in sys.path:  # `python benchmarks/pipeline_overhead.py` puts benchmarks/ first
+        sys.path.insert(0, str(ROOT))
+    from pipelines.config import DEFAULT_CONFIG
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="pipeline config (default: %(default)s)")
+    parser.add_argument("--quick", action="store_true", help=f"use {QUICK_CONFIG.relative_to(ROOT)}")
+    parser.add_argument("--rounds", type=int, help="override selection.rounds (default: the config's)")
+    parser.add_argument("--output", type=Path, help="result JSON (default: benchmarks/results/"
+                                                    "pipeline_overhead.json, pipeline_overhead_quick.json with --quick)")
+    args = parser.parse_args(argv)
+    config_path = QUICK_CONFIG if args.quick else Path(args.config)
+    output = args.output or RESULTS / ("pipeline_overhead_quick.json" if args.quick else "pipeline_overhead.json")
+
+    with tempfile.TemporaryDirectory(prefix="distillery-bench-") as tmp:
+        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{Path(tmp) / 'mlflow.db'}"
+        result = benchmark(config_path, args.rounds)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(result, indent=2) + "\n")
+    print_result(result)
+    print(f"\nWrote {output}")
+    return 0
+
+
+def benchmark(config_path: Path, rounds: int | None) -> dict:
+    from pipelines.cli import execute_locally
+    from pipelines.config import load_config, task_names
+    from pipelines.progress import TaskProgress
+    from pipelines.runtime import project_root, run_context
+
+    config = load_config(config_path)
+    if rounds is not None:
+        if rounds < 0:
+            raise SystemExit("--rounds must be >= 0")
+        config["selection"]["rounds"] = rounds
+    root = project_root(ROOT)
+    ctx = run_context(config, root)  # after MLFLOW_TRACKING_URI points at the temporary store
+    data = ctx.data
+    if not data.get("rev") and not (Path(data["repo"]) / data["path"]).is_dir():
+        raise SystemExit(f"{data['path']} is missing: run `distillery data materialize` (or `make data`)")
+
+    store_init = time.perf_counter()
+    client = _init_store(ctx)
+    store_init = time.perf_counter() - store_init
+
+    names = task_names(config)
+    print(f"Benchmarking {config['name']!r} ({len(names)} tasks, {config['selection']['rounds']} rounds) "
+          f"on {os.cpu_count()} cores; MLflow store {ctx.tracking_uri}", flush=True)
+    progress = TaskProgress(len(names))
+    started = time.perf_counter()
+    ok = execute_locally(config, ctx, root, progress=progress)
+    pipeline_wall = time.perf_counter() - started
+    if not ok or any(s != "SUCCESS" for s in progress.status.values()):
+        raise SystemExit(f"the pipeline failed ({progress.status}); no overhead to report")
+
+    tasks = _match_tasks(client, ctx, progress)
+    print(f"\nMeasuring floors (median of {FLOOR_RUNS} fresh interpreters each) ...", flush=True)
+    floors = {key: _median_subprocess(code, root) for key, code in FLOORS.items()}
+
+    overheads = [t["overhead_s"] for t in tasks]
+    sum_wall = sum(t["wall_s"] for t in tasks)
+    sum_work = sum(t["work_s"] for t in tasks)
+    summary = {
+        "pipeline_wall_s": pipeline_wall,
+        "sum_task_wall_s": sum_wall,
+        "sum_work_s": sum_work,  # the same work in one process: "no orchestration"
+        "sum_overhead_s": sum(overheads),
+        "between_tasks_s": pipeline_wall - sum_wall,  # compile, kfp.local bookkeeping outside tasks
+        "median_overhead_s": statistics.median(overheads),
+        "max_overhead_s": max(overheads),
+        "overhead_share": sum(overheads) / pipeline_wall,
+        "slowdown_vs_in_process": pipeline_wall / sum_work if sum_work else None,
+        "store_init_s": store_init,  # not part of pipeline_wall_s
+        **floors,
+    }
+    return {
+        "benchmark": "pipeline_overhead",
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": {"cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "config": config["name"],
+        "config_path": str(config_path.resolve().relative_to(root) if config_path.resolve().is_relative_to(root)
+                           else config_path),
+        "rounds": config["selection"]["rounds"],
+        "tasks": tasks,
+        "summary": {k: round(v, 4) if isinstance(v, float) else v for k, v in summary.items()},
+    }
+
+
+def _init_store(ctx):
+    """Create the temporary store's schema and experiment now, so no task pays for the migration."""
+    import mlflow
+
+    client = mlflow.MlflowClient(ctx.tracking_uri)
+    if client.get_experiment_by_name(ctx.experiment) is None:
+        client.create_experiment(ctx.experiment, artifact_location=ctx.artifact_location)
+    return client
+
+
+def _match_tasks(client, ctx, progress) -> list[dict]:
+    """Pair each nested MLflow run with its kfp.local task. Their names differ (``curate-gx_dedup`` vs
+    ``curate-gx-dedup``); tasks run one at a time, so both are paired by start order."""
+    experiment = client.get_experiment_by_name(ctx.experiment)
+    runs = client.search_runs([experiment.experiment_id], max_results=1000, order_by=["attributes.start_time ASC"],
+                              filter_string=(f"tags.`distillery.launch_id` = '{ctx.launch_id}' "
+                                             "and tags.`distillery.role` = 'task'"))
+    runs = sorted(runs, key=lambda r: r.info.start_time)
+    kfp_tasks = list(progress.started)  # insertion order = start order
+    if len(runs) != len(kfp_tasks):
+        raise SystemExit(f"{len(runs)} MLflow task runs but {len(kfp_tasks)} kfp.local tasks: cannot pair them")
+    tasks = []
+    for run, kfp_name in zip(runs, kfp_tasks):
+        name = run.data.tags.get("distillery.task", run.info.run_name)
+        if "work_seconds" not in run.data.metrics:
+            raise SystemExit(f"MLflow run of task {name!r} has no work_seconds metric")
+        wall, work = progress.wall_seconds[kfp_name], run.data.metrics["work_seconds"]
+        tasks.append({"name": name, "kfp_task": kfp_name, "wall_s": round(wall, 4), "work_s": round(work, 4),
+                      "overhead_s": round(wall - work, 4)})
+    return tasks
+
+
+def _median_subprocess(code: str, cwd: Path) -> float:
+    times = []
+    for _ in range(FLOOR_RUNS):
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-c", code], cwd=cwd, check=True, stdout=subprocess.DEVNULL)
+        times.append(time.perf_counter() - started)
+    return round(statistics.median(times), 4)
+
+
+def print_result(result: dict) -> None:
+    tasks, s = result["tasks"], result["summary"]
+    width = max(len("task"), *(len(t["name"]) for t in tasks))
+    m = result["machine"]
+    print(f"\nPipeline overhead: config {result['config']!r} ({result['rounds']} rounds), {m['cores']} cores, "
+          f"Python {m['python']}\n")
+    print(f"{'task':<{width}}  {'wall s':>8}  {'work s':>8}  {'overhead s':>10}")
+    print(f"{'-' * width}  {'-' * 8}  {'-' * 8}  {'-' * 10}")
+    for t in tasks:
+        print(f"{t['name']:<{width}}  {t['wall_s']:>8.2f}  {t['work_s']:>8.2f}  {t['overhead_s']:>10.2f}")
+    print(f"{'total':<{width}}  {s['sum_task_wall_s']:>8.2f}  {s['sum_work_s']:>8.2f}  {s['sum_overhead_s']:>10.2f}")
+    rows = [
+        ("pipeline wall time", f"{s['pipeline_wall_s']:8.2f} s"),
+        ("  method work (sum = in-process, no orchestration)", f"{s['sum_work_s']:8.2f} s"),
+        ("  per-task overhead (sum)", f"{s['sum_overhead_s']:8.2f} s  ({100 * s['overhead_share']:.1f}% of wall)"),
+        ("  outside tasks (compile, kfp.local)", f"{s['between_tasks_s']:8.2f} s"),
+        ("per-task overhead median / max", f"{s['median_overhead_s']:8.2f} / {s['max_overhead_s']:.2f} s"),
+        ("orchestrated / in-process", f"{s['slowdown_vs_in_process']:8.2f}x"),
+        (f"floors (fresh interpreter, median of {FLOOR_RUNS}):", ""),
+        ("  python -c pass", f"{s['floor_python_start_s']:8.2f} s"),
+        ("  import kfp.dsl.executor_main", f"{s['floor_import_kfp_executor_s']:8.2f} s"),
+        ("  import mlflow, torch", f"{s['floor_import_mlflow_torch_s']:8.2f} s"),
+        ("  import components.tracking, components.datasets", f"{s['floor_import_task_modules_s']:8.2f} s"),
+        ("  import mlflow + connect to the SQLite store", f"{s['floor_mlflow_store_connect_s']:8.2f} s"),
+    ]
+    label = max(len(r[0]) for r in rows)
+    print()
+    for name, value in rows:
+        print(f"{name:<{label}}  {value}".rstrip())
+
+if __name__ == "__main__":
+    sys.exit(main())

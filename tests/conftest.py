@@ -1,0 +1,59 @@
+"""Shared fixtures: the project root, and throwaway git + DVC clones of it for tests that write data."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", *args],
+                          check=True, capture_output=True, text=True).stdout.strip()
+
+
+def dvc(repo: Path, *args: str) -> str:
+    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, check=True,
+                          capture_output=True, text=True).stdout
+
+
+def make_clone(tmp: Path) -> Path:
+    """A throwaway data repository: git + DVC with this project's DVC config, ``data.dvc`` and
+    ``data/``, and a private DVC remote. It holds no code, so every import (here and in the
+    pipeline's task subprocesses) resolves to the project under test."""
+    repo = tmp / "repo"
+    repo.mkdir()
+    for name in (".dvc/config", ".dvc/.gitignore", ".dvcignore", ".gitignore", "data.dvc"):
+        (repo / name).parent.mkdir(exist_ok=True)
+        shutil.copy(ROOT / name, repo / name)
+    shutil.copytree(ROOT / "data", repo / "data")
+    git(repo, "init", "-q", "-b", "main")
+    dvc(repo, "remote", "modify", "--local", "local", "url", str(tmp / "dvc-remote"))
+    dvc(repo, "commit", "-f", "-q", "data.dvc")  # fill the repo's own cache
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "data")
+    return repo
+
+
+@pytest.fixture
+def clone(tmp_path: Path) -> Path:
+    return make_clone(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def module_clone(tmp_path_factory) -> Path:
+    return make_clone(tmp_path_factory.mktemp("clone"))
+
+
+def run_cli(repo: Path, *args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """The real ``distillery`` command, run in ``repo``, as a user would."""
+    full_env = {**os.environ, **(env or {})}
+    full_env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{full_env.get('PATH', '')}"
+    return subprocess.run([sys.executable, "-m", "pipelines.cli", *args], cwd=repo, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)

@@ -1,0 +1,77 @@
+"""Registries and configs: every method resolves, every shipped config loads, bad configs fail early."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from components import registry
+from conftest import ROOT
+from pipelines.config import ConfigError, load_config, task_names, validate_config
+
+CONFIGS = sorted((ROOT / "pipelines" / "configs").glob("*.yaml")) + sorted((ROOT / "tests" / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_config_loads(path: Path):
+    config = load_config(path)
+    assert task_names(config)[0].startswith("curate-") and task_names(config)[-1].startswith("evaluate-")
+    assert len(task_names(config)) == 5 + 3 * config["selection"]["rounds"]
+
+
+@pytest.mark.parametrize("method", registry.methods(), ids=lambda m: f"{m.stage}:{m.name}")
+def test_every_method_has_code_a_component_and_a_paper(method):
+    assert callable(method.load())
+    component = method.load_component()
+    assert component.component_spec.name == method.component.split(":")[1].replace("_", "-")
+    assert method.paper and method.summary
+
+
+def test_method_code_never_imports_kfp():
+    """Method modules stay plain Python: importing every method target must not pull in kfp."""
+    targets = sorted({m.target.split(":")[0] for m in registry.methods()})
+    code = f"import sys\nfor t in {targets!r}: __import__(t)\nprint('kfp' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "False"
+
+
+def test_methods_command_lists_every_method_with_stage_and_paper():
+    out = subprocess.run([sys.executable, "-m", "pipelines.cli", "methods"], capture_output=True, text=True,
+                         check=True, cwd=ROOT).stdout
+    for method in registry.methods():
+        line = next(l for l in out.splitlines() if l.split()[:2] == [method.stage, method.name])
+        assert method.paper in line
+
+
+def _default() -> dict:
+    return yaml.safe_load((ROOT / "pipelines" / "configs" / "default.yaml").read_text())
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda c: c["selection"].update(method="bald2"), "unknown selection method 'bald2'; registered selection methods"),
+    (lambda c: c["training"]["params"].update(epoch=3), "has no parameter(s) ['epoch']"),
+    (lambda c: c["selection"].update(rounds=-1), "selection.rounds must be an integer >= 0"),
+    (lambda c: c.update(colour="red"), "unknown key(s) ['colour']"),
+    (lambda c: c.pop("distillation"), "missing required key 'distillation'"),
+    (lambda c: c["data"].pop("path"), "data needs at least a 'path'"),
+])
+def test_bad_configs_fail_with_a_specific_message(mutate, message):
+    config = _default()
+    mutate(config)
+    with pytest.raises(ConfigError, match=None) as err:
+        validate_config(config, "cfg.yaml")
+    assert message in str(err.value)
+
+
+def test_params_are_filled_with_defaults_and_overrides_win():
+    config = validate_config(_default())
+    assert config["training"]["params"]["epochs"] == 30  # from the YAML
+    assert config["training"]["params"]["lr"] == registry.get("training", "small_cnn").defaults["lr"]
+
+
+def test_task_names_are_shared_by_pipeline_and_tasks():
+    assert registry.task_name("selection", "entropy", 2) == "round-2-select-entropy"
+    assert registry.task_name("curation", "gx_dedup") == "curate-gx_dedup"
