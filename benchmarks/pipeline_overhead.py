@@ -43,6 +43,7 @@ FLOORS = {  # summary key -> code run by a fresh interpreter
     "floor_python_start_s": "pass",
     "floor_import_kfp_executor_s": "import kfp.dsl.executor_main",
     "floor_import_mlflow_torch_s": "import mlflow, torch",
+    "floor_import_mlflow_s": "import mlflow",
     "floor_import_task_modules_s": "import components.tracking, components.datasets",
     # what every task does first in MLflow: connect to the store, find the experiment (no run opened)
     "floor_mlflow_store_connect_s": "import mlflow, os; mlflow.MlflowClient(os.environ['MLFLOW_TRACKING_URI'])"
@@ -100,9 +101,11 @@ def benchmark(config_path: Path, rounds: int | None) -> dict:
     print(f"Benchmarking {config['name']!r} ({len(names)} tasks, {config['selection']['rounds']} rounds) "
           f"on {os.cpu_count()} cores; MLflow store {ctx.tracking_uri}", flush=True)
     progress = TaskProgress(len(names))
+    load_before = os.getloadavg()[0]
     started = time.perf_counter()
     ok = execute_locally(config, ctx, root, progress=progress)
     pipeline_wall = time.perf_counter() - started
+    load_after = os.getloadavg()[0]
     if not ok or any(s != "SUCCESS" for s in progress.status.values()):
         raise SystemExit(f"the pipeline failed ({progress.status}); no overhead to report")
 
@@ -129,7 +132,9 @@ def benchmark(config_path: Path, rounds: int | None) -> dict:
     return {
         "benchmark": "pipeline_overhead",
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "machine": {"cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "machine": {"cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
+                    # 1-minute load average before and after the run: other work on the machine skews timings
+                    "load_avg_1min": {"before": load_before, "after": load_after}},
         "config": config["name"],
         "config_path": str(config_path.resolve().relative_to(root) if config_path.resolve().is_relative_to(root)
                            else config_path),
@@ -184,8 +189,10 @@ def print_result(result: dict) -> None:
     tasks, s = result["tasks"], result["summary"]
     width = max(len("task"), *(len(t["name"]) for t in tasks))
     m = result["machine"]
+    load = m.get("load_avg_1min", {})
     print(f"\nPipeline overhead: config {result['config']!r} ({result['rounds']} rounds), {m['cores']} cores, "
-          f"Python {m['python']}\n")
+          f"Python {m['python']}, load average {load.get('before', float('nan')):.2f} before / "
+          f"{load.get('after', float('nan')):.2f} after\n")
     print(f"{'task':<{width}}  {'wall s':>8}  {'work s':>8}  {'overhead s':>10}")
     print(f"{'-' * width}  {'-' * 8}  {'-' * 8}  {'-' * 10}")
     for t in tasks:
@@ -202,6 +209,7 @@ def print_result(result: dict) -> None:
         ("  python -c pass", f"{s['floor_python_start_s']:8.2f} s"),
         ("  import kfp.dsl.executor_main", f"{s['floor_import_kfp_executor_s']:8.2f} s"),
         ("  import mlflow, torch", f"{s['floor_import_mlflow_torch_s']:8.2f} s"),
+        ("  import mlflow", f"{s['floor_import_mlflow_s']:8.2f} s"),
         ("  import components.tracking, components.datasets", f"{s['floor_import_task_modules_s']:8.2f} s"),
         ("  import mlflow + connect to the SQLite store", f"{s['floor_mlflow_store_connect_s']:8.2f} s"),
     ]
