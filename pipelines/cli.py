@@ -1,5 +1,5 @@
-"""``distillery``: run, compile, submit and schedule the pipeline; list methods; manage data; open
-the MLflow UI."""
+"""``distillery``: run, compile, submit and schedule the pipeline; list methods; manage data and
+human label sets; open the MLflow UI."""
 from __future__ import annotations
 
 import argparse
@@ -62,6 +62,21 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--name", required=True, help="dataset name (folder under data/)")
     p.add_argument("--label-column", default="label", help="label column of a table (default: %(default)s)")
     p.add_argument("--replace", action="store_true", help="make a new version of an existing dataset")
+    labels = sub.add_parser("labels", help="human labels with Label Studio (DVC-versioned label sets)") \
+        .add_subparsers(required=True, metavar="ACTION")
+    p = labels.add_parser("export", help="write selected items as a Label Studio task file + labelling config")
+    p.set_defaults(handler=cmd_labels_export)
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--run-id", help="MLflow run of a selection task (round-N-select-*)")
+    which.add_argument("--selected", type=Path, help="a selected_ids.json as a selection task logs it")
+    p.add_argument("--out", type=Path, required=True, help="task file to write (JSON); the config goes beside it")
+    p.add_argument("--dataset", help="dataset folder, e.g. data/mnist (default: the one the selection read)")
+    p = labels.add_parser("import", help="validate a completed Label Studio JSON export and version it with DVC "
+                                         "as data/labels/<dataset>/<name>.json")
+    p.set_defaults(handler=cmd_labels_import)
+    p.add_argument("export", type=Path, help="the Label Studio JSON export (Export > JSON)")
+    p.add_argument("--dataset", required=True, help="dataset folder the tasks came from, e.g. data/mnist")
+    p.add_argument("--name", required=True, help="label set name; importing again into it adds labels")
     return parser
 
 
@@ -249,6 +264,30 @@ def cmd_data_add(args) -> None:
     from pipelines.runtime import project_root
 
     add_dataset(project_root(), args.source, args.name, args.label_column, args.replace)
+
+
+def cmd_labels_import(args) -> None:
+    from pipelines.labels import import_labels
+    from pipelines.runtime import project_root
+
+    import_labels(project_root(), args.export, args.dataset, args.name)
+
+
+def cmd_labels_export(args) -> None:
+    import json
+
+    from pipelines.labels import export_label_tasks, selected_from_run
+    from pipelines.runtime import project_root, tracking_store
+
+    root = project_root()
+    if args.run_id:
+        selected = selected_from_run(args.run_id, tracking_store(root)[0])
+    else:
+        try:
+            selected = json.loads(args.selected.read_text())
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{args.selected} is not valid JSON: {exc}") from None
+    export_label_tasks(root, selected, args.out, args.dataset)
 
 
 if __name__ == "__main__":

@@ -2,14 +2,17 @@
 
 Nothing is written into ``data/`` before a new dataset has passed the same Great Expectations
 suite the pipeline's curation step runs, so a bad dataset never becomes a version and the
-versions that exist stay as they are.
+versions that exist stay as they are. :func:`publish` is the one way anything new enters ``data/``
+(datasets here, human label sets in ``pipelines/labels.py``).
 """
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tempfile
 from collections import Counter
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -17,6 +20,7 @@ from components.datasets import DATA_DVC, build_mnist, data_version, data_versio
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 DEFAULT_DATASET = "mnist"
+LABELS = "labels"  # data/labels/<dataset>/<name>.json: human label sets (pipelines/labels.py)
 
 
 def _repo(root: Path):
@@ -27,7 +31,8 @@ def _repo(root: Path):
 
 def is_up_to_date(root: Path) -> bool:
     """The work tree's ``data/`` exists and hashes to what ``data.dvc`` records."""
-    return (root / "data").is_dir() and not _repo(root).status(targets=[DATA_DVC])
+    with contextlib.chdir(root):  # DVC resolves the outputs of `status` against the working directory
+        return (root / "data").is_dir() and not _repo(root).status(targets=[DATA_DVC])
 
 
 def materialize(root: Path, log=print) -> str:
@@ -110,6 +115,9 @@ def add_dataset(root: Path, source: Path, name: str, label_column: str = "label"
 
     if not name.replace("-", "").replace("_", "").isalnum():
         raise ValueError(f"dataset name {name!r}: use letters, digits, '-' and '_' only")
+    if name == LABELS:
+        raise ValueError(f"dataset name {name!r} is reserved: data/{LABELS}/ holds the label sets "
+                         "(`distillery labels import`)")
     target = root / "data" / name
     if target.exists() and not replace:
         raise FileExistsError(f"{target} already exists; pass --replace to make a new version of it")
@@ -122,20 +130,60 @@ def add_dataset(root: Path, source: Path, name: str, label_column: str = "label"
     meta = {**meta, "name": name, "source": str(source.name)}
     validate(rows, labels, meta)  # raises ValidationFailed naming each failed expectation
     features = np.stack(rows)
-    (root / ".distillery").mkdir(exist_ok=True)  # git-ignored scratch on the same filesystem
-    staging = Path(tempfile.mkdtemp(prefix=f"staging-{name}-", dir=root / ".distillery"))
-    try:
-        write_dataset(staging, features if meta["kind"] == "image" else features.astype(np.float32),
-                      labels.astype(np.int64), meta)
-        if target.exists():
-            shutil.rmtree(target)  # the previous version stays in the DVC cache and remote
-        target.parent.mkdir(exist_ok=True)
-        staging.rename(target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    repo = _repo(root)
-    repo.add(["data"])
-    repo.push(targets=[DATA_DVC])
+    publish(root, target, lambda staging: write_dataset(
+        staging, features if meta["kind"] == "image" else features.astype(np.float32), labels.astype(np.int64), meta))
     log(f"added {len(labels)} samples, {len(meta['classes'])} classes as {target.relative_to(root)}; "
         f"versioned in {DATA_DVC} (commit it: git add {DATA_DVC} && git commit)")
     return target
+
+
+def publish(root: Path, target: Path, write: Callable[[Path], None]) -> None:
+    """Put a new file or folder at ``target`` (inside ``data/``) and version ``data/`` with DVC.
+
+    ``write(path)`` creates the new content at ``path`` in a staging folder on the same filesystem;
+    only after it returns does anything under ``data/`` change: the previous ``target`` (if any) is
+    moved aside and the new one renamed into place, then ``dvc add data`` and ``dvc push``. If
+    ``dvc add`` fails, the previous ``target`` and ``data.dvc`` are put back. Earlier versions stay
+    in the DVC cache and remote either way. Refused while ``data/`` differs from ``data.dvc``, so
+    nothing but ``target`` ever enters the new version.
+    """
+    from dvc.exceptions import DvcException
+
+    if not is_up_to_date(root):  # `dvc add data` would version those changes too
+        raise RuntimeError(f"data/ does not match {DATA_DVC} (see `dvc status`): commit or undo those changes "
+                           "first (`dvc add data`, or `distillery data materialize` to restore the recorded version)")
+    (root / ".distillery").mkdir(exist_ok=True)  # git-ignored scratch on the same filesystem
+    staging = Path(tempfile.mkdtemp(prefix=f"staging-{target.name}-", dir=root / ".distillery"))
+    recorded = (root / DATA_DVC).read_text() if (root / DATA_DVC).exists() else None
+    new, previous = staging / "new", staging / "previous"
+    try:
+        write(new)
+        created = [d for d in (target.parent, *target.parent.parents) if not d.exists()]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.exists():
+            target.rename(previous)
+        new.rename(target)
+        repo = _repo(root)
+        try:
+            with contextlib.chdir(root):
+                repo.add(["data"])
+        except BaseException:
+            if target.is_dir():
+                shutil.rmtree(target)
+            else:
+                target.unlink(missing_ok=True)
+            if previous.exists():
+                previous.rename(target)
+            for folder in created:  # innermost first
+                folder.rmdir()
+            if recorded is not None:
+                (root / DATA_DVC).write_text(recorded)
+            raise
+        try:
+            with contextlib.chdir(root):
+                repo.push(targets=[DATA_DVC])
+        except DvcException as exc:
+            raise RuntimeError(f"versioned in {DATA_DVC}, but pushing to the DVC remote failed ({exc}); "
+                               "run `dvc push` once the remote is reachable") from exc
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

@@ -1,4 +1,5 @@
-"""Figures logged to MLflow: confusion matrix and learning curve."""
+"""Figures logged to MLflow: confusion matrix and learning curve (evaluation); per-round score
+histogram of the pool and class balance of the labelled set (selection and labelling)."""
 from __future__ import annotations
 
 import numpy as np
@@ -37,5 +38,55 @@ def learning_curve_figure(n_labels: list[int], accuracy: list[float], reference:
     ax.set_title("Learning curve")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def close(fig) -> None:
+    """Free a figure once logged (tasks make one or two per round)."""
+    _pyplot().close(fig)
+
+
+def score_histogram_figure(scores: np.ndarray, selected: np.ndarray, title: str):
+    """Histogram of the per-item scores of the whole pool, the selected items marked.
+
+    Args:
+        scores: ``(N,)`` the strategy's score of every pool item (higher: more worth labelling).
+        selected: positions into ``scores`` of the items picked this round.
+    """
+    plt = _pyplot()
+    scores = np.asarray(scores, dtype=np.float64)
+    picked = scores[np.asarray(selected, dtype=np.int64)]
+    edges = np.histogram_bin_edges(scores, bins=min(50, max(10, len(scores) // 20)))
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    ax.hist(scores, bins=edges, color="lightgrey", edgecolor="grey", label=f"pool ({len(scores)} items)")
+    ax.hist(picked, bins=edges, color="tab:orange", alpha=0.85, label=f"selected ({len(picked)})")
+    ax.plot(picked, np.zeros_like(picked), "|", color="tab:red", markersize=14, clip_on=False,
+            label="selected items")
+    ax.set_xlabel("score (higher: more worth labelling)")
+    ax.set_ylabel("pool items")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def class_balance_figure(before: np.ndarray, new: np.ndarray, class_names: list[str], title: str):
+    """Stacked bars of the labelled set's class counts: labelled earlier, and labelled this round."""
+    plt = _pyplot()
+    before, new = np.asarray(before), np.asarray(new)
+    x = np.arange(len(class_names))
+    total = before + new
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.45 * len(class_names) + 2), 4))
+    ax.bar(x, before, color="tab:blue", label=f"labelled before ({int(before.sum())})")
+    ax.bar(x, new, bottom=before, color="tab:orange", label=f"new this round ({int(new.sum())})")
+    if total.sum():
+        ax.axhline(total.sum() / len(class_names), color="grey", linestyle="--", label="balanced")
+    ax.set_xticks(x, [str(c) for c in class_names], rotation=0 if len(class_names) <= 12 else 90)
+    ax.set_xlabel("class")
+    ax.set_ylabel("labelled items")
+    ax.set_title(title)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3, frameon=False)
     fig.tight_layout()
     return fig

@@ -40,12 +40,19 @@ def small_cnn(feature_shape: list[int], num_classes: int, channels: int = 16,
     )
 
 
-def mlp(feature_shape: list[int], num_classes: int, hidden: int = 40) -> nn.Module:
-    """One hidden layer (784-40-10: 31,810 parameters)."""
+def mlp(feature_shape: list[int], num_classes: int, hidden: int = 40, dropout: float = 0.0) -> nn.Module:
+    """One hidden layer (784-40-10: 31,810 parameters).
+
+    ``dropout > 0`` adds an ``nn.Dropout`` after the hidden ReLU (what MC-dropout BALD samples); the
+    default adds no module, so the default model and its state-dict keys are unchanged.
+    """
     n_in = 1
     for dim in feature_shape:
         n_in *= dim
-    return nn.Sequential(nn.Flatten(), nn.Linear(n_in, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
+    layers: list[nn.Module] = [nn.Flatten(), nn.Linear(n_in, hidden), nn.ReLU()]
+    if dropout > 0:
+        layers.append(nn.Dropout(dropout))
+    return nn.Sequential(*layers, nn.Linear(hidden, num_classes))
 
 
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {"small_cnn": small_cnn, "mlp": mlp}
