@@ -76,8 +76,7 @@ def _client(ctx: RunContext):
 def parent_run_id(ctx: RunContext) -> str:
     """The parent run of this pipeline run, created (with config, seeds and tags) on first use."""
     client, experiment_id = _client(ctx)
-    found = client.search_runs([experiment_id], max_results=1, filter_string=(
-        f"tags.`{RUN_KEY}` = '{ctx.run_key}' and tags.`{ROLE}` = 'pipeline'"))
+    found = _parent_runs(client, experiment_id, ctx.run_key)
     if found:
         return found[0].info.run_id
     data = ctx.data
@@ -88,7 +87,18 @@ def parent_run_id(ctx: RunContext) -> str:
     client.log_dict(run.info.run_id, ctx.config, "config.yaml")
     for key, value in _flatten(ctx.config).items():
         client.log_param(run.info.run_id, key, value)
-    return run.info.run_id
+    # Tasks that start at the same time (parallel branches on a cluster) may each have created a
+    # parent: the oldest one wins everywhere and the others are removed again.
+    winner = _parent_runs(client, experiment_id, ctx.run_key)[0].info.run_id
+    if winner != run.info.run_id:
+        client.delete_run(run.info.run_id)
+    return winner
+
+
+def _parent_runs(client, experiment_id: str, run_key: str) -> list:
+    """Parent runs of ``run_key``, oldest first (normally exactly one)."""
+    return client.search_runs([experiment_id], order_by=["attributes.start_time ASC", "attributes.run_id ASC"],
+                              filter_string=f"tags.`{RUN_KEY}` = '{run_key}' and tags.`{ROLE}` = 'pipeline'")
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict[str, str]:

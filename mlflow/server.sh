@@ -12,6 +12,9 @@
 #   MLFLOW_ALLOWED_HOSTS          localhost,127.0.0.1,localhost:$MLFLOW_PORT,127.0.0.1:$MLFLOW_PORT
 #                                 add the names clients use, e.g. mlflow.distillery.svc.cluster.local:5000
 #   MLFLOW_WORKERS                4   (server worker processes)
+#   MLFLOW_APP_NAME               unset; "basic-auth" turns on MLflow's basic auth (users and
+#                                 permissions; its settings file is MLFLOW_AUTH_CONFIG_PATH, the
+#                                 first admin's password MLFLOW_AUTH_ADMIN_PASSWORD)
 # `python` on PATH must be the one with mlflow installed (the project's .venv, or the image's).
 set -euo pipefail
 
@@ -22,6 +25,10 @@ HOST="${MLFLOW_HOST:-127.0.0.1}"
 PORT="${MLFLOW_PORT:-5000}"
 ALLOWED_HOSTS="${MLFLOW_ALLOWED_HOSTS:-localhost,127.0.0.1,localhost:${PORT},127.0.0.1:${PORT}}"
 WORKERS="${MLFLOW_WORKERS:-4}"
+APP_ARGS=()
+if [[ -n "${MLFLOW_APP_NAME:-}" ]]; then
+    APP_ARGS=(--app-name "${MLFLOW_APP_NAME}")
+fi
 
 # Local stores need their folders; remote ones (postgresql://, s3://, ...) are left alone.
 if [[ "${BACKEND_STORE_URI}" == sqlite:///* ]]; then
@@ -42,4 +49,5 @@ exec python -m mlflow server \
     --host "${HOST}" \
     --port "${PORT}" \
     --workers "${WORKERS}" \
-    --allowed-hosts "${ALLOWED_HOSTS}"
+    --allowed-hosts "${ALLOWED_HOSTS}" \
+    "${APP_ARGS[@]}"

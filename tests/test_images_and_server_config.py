@@ -5,25 +5,18 @@ for real on a free port with its state in a temporary folder, and used through `
 """
 from __future__ import annotations
 
-import os
 import re
-import signal
-import socket
 import subprocess
-import sys
-import time
 import tomllib
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 
+from servers import SERVER_SH, free_port, http_status, running_server
+
 ROOT = Path(__file__).resolve().parents[1]
 CPU_DOCKERFILE = ROOT / "Dockerfile"
 GPU_DOCKERFILE = ROOT / "Dockerfile.gpu"
-SERVER_SH = ROOT / "mlflow" / "server.sh"
-VENV_BIN = Path(sys.executable).parent  # the interpreter running the tests (the project's .venv)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -215,61 +208,11 @@ def test_server_script_is_valid_bash():
     assert "set -euo pipefail" in SERVER_SH.read_text()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _status(url: str, host: str | None = None) -> int | None:
-    request = urllib.request.Request(url, headers={"Host": host} if host else {})
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via a proxy
-    try:
-        with opener.open(request, timeout=2) as response:
-            return response.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
-    except (urllib.error.URLError, OSError):
-        return None
-
-
 @pytest.fixture
 def mlflow_server(tmp_path):
     """``(url, state folder)`` of ``mlflow/server.sh`` serving a fresh store in ``tmp_path``."""
-    port, state = _free_port(), tmp_path / "state"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    env.update(
-        # The venv first so `python` is the project's; only system dirs after it, which keeps
-        # /usr/local/bin's docker client out (MLflow probes it at startup, costing seconds here).
-        PATH=os.pathsep.join([str(VENV_BIN), "/usr/bin", "/bin"]),
-        MLFLOW_PORT=str(port),
-        DISTILLERY_STATE=str(state),
-        MLFLOW_WORKERS="1",
-        MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false",  # no background job workers in a test
-    )
-    log_path = tmp_path / "server.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(["bash", str(SERVER_SH)], env=env, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while _status(f"{url}/health") != 200:
-            if proc.poll() is not None:
-                pytest.fail(f"server.sh exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"no /health answer in 60 s:\n{log_path.read_text()[-4000:]}")
-            time.sleep(0.2)
-        yield url, state
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=10)
-        except ProcessLookupError:
-            pass
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+    with running_server(tmp_path) as server:
+        yield server.url, tmp_path / "state"
 
 
 def test_server_tracks_runs_and_stores_artifacts_in_the_state_folder(mlflow_server, monkeypatch):
@@ -302,7 +245,7 @@ def test_server_tracks_runs_and_stores_artifacts_in_the_state_folder(mlflow_serv
 
     # MLflow 3 rejects Host names that --allowed-hosts does not list (DNS-rebinding protection).
     port = url.rsplit(":", 1)[1]
-    assert _status(f"{url}/api/2.0/mlflow/experiments/get?experiment_id={experiment_id}",
+    assert http_status(f"{url}/api/2.0/mlflow/experiments/get?experiment_id={experiment_id}",
                    host=f"127.0.0.1:{port}") == 200
-    assert _status(f"{url}/api/2.0/mlflow/experiments/get?experiment_id={experiment_id}",
+    assert http_status(f"{url}/api/2.0/mlflow/experiments/get?experiment_id={experiment_id}",
                    host=f"mlflow.example.com:{port}") == 403
