@@ -6,4 +6,43 @@ METHODS = [
            "Two-block CNN (~409k parameters on MNIST) trained with Adam and cross-entropy",
            "components.training.train:train_classifier", "components.training.component:train_small_cnn",
            defaults={"epochs": 30, "lr": 1e-3, "batch_size": 32, "channels": 16, "hidden": 256}),
+    Method("training", "ddp", "Li et al., PyTorch Distributed: Experiences on Accelerating Data Parallel Training, VLDB 2020",
+           "Data-parallel training (DistributedDataParallel under torchrun, gloo/NCCL) of any architecture; "
+           "same model as one process with the same global batch; checkpointed, resumable",
+           "components.training.distributed:train_data_parallel", "components.training.component:train_ddp",
+           defaults={"arch": "small_cnn", "arch_kwargs": {}, "nproc_per_node": 2, "epochs": 30, "lr": 1e-3,
+                     "batch_size": 32, "checkpoint_every": 5, "max_restarts": 0}),
+    Method("training", "adbo_hyperclean", "Jiao et al., Asynchronous Distributed Bilevel Optimization, ICLR 2023",
+           "Data hyper-cleaning: per-sample weights learned by asynchronous distributed bilevel optimisation "
+           "(master + workers over torch rpc, S-of-N / tau-stale gate) against a held-out clean split, then "
+           "the architecture trained on the weighted samples",
+           "components.training.adbo.hyperclean:adbo_hyperclean", "components.training.component:train_adbo_hyperclean",
+           defaults={"arch": "mlp", "arch_kwargs": {}, "epochs": 30, "lr": 1e-3, "batch_size": 32, "workers": 2,
+                     "s": 1, "tau": 4, "iterations": 150, "val_fraction": 0.1, "hyper": {}, "problem_kwargs": {},
+                     "rpc_timeout": 60.0}),
+    Method("training", "spsa_finetune",
+           "Zelikman et al., Just One Byte (per gradient): A Note on Low-Bandwidth Decentralized Language Model "
+           "Finetuning Using Shared Randomness, arXiv:2306.10015, 2023",
+           "The architecture trained with Adam, then fine-tuned by shared-randomness SPSA in `workers` processes "
+           "(gloo), each on its own shard, sending one byte per projected gradient; weight hashes checked each round",
+           "components.training.collaborative:spsa_finetune", "components.training.component:train_spsa_finetune",
+           defaults={"arch": "mlp", "arch_kwargs": {}, "epochs": 30, "lr": 1e-3, "batch_size": 32, "workers": 2,
+                     "rounds": 100, "samples_per_worker": 8, "spsa_lr": 5e-3, "epsilon": 1e-3,
+                     "timeout_s": 3600.0}),
+    Method("training", "federated",
+           "Su, Xu & Yang, Global Convergence of Federated Learning for Mixed Regression, NeurIPS 2022; "
+           "McMahan et al., Communication-Efficient Learning of Deep Networks from Decentralized Data (FedAvg), "
+           "AISTATS 2017; Li et al., Federated Optimization in Heterogeneous Networks (FedProx), MLSys 2020",
+           "The labelled set dealt to `clients` non-IID clients; FedAvg (mu = 0) or FedProx (mu > 0), or with "
+           "`clusters` > 1 clustered FL returning the cluster model that serves the most data",
+           "components.training.collaborative:federated", "components.training.component:train_federated",
+           defaults={"arch": "small_cnn", "arch_kwargs": {}, "epochs": 10, "lr": 0.1, "batch_size": 10,
+                     "clients": 10, "rounds": 20, "local_epochs": 5, "mu": 0.0, "clusters": 1}),
+    Method("training", "fusion",
+           "Choshen et al., Fusing finetuned models for better pretraining, arXiv:2204.03044, 2022",
+           "A base trained on the labelled set, `models` copies fine-tuned on different random subsets, "
+           "fused by averaging their weights",
+           "components.training.collaborative:fusion", "components.training.component:train_fusion",
+           defaults={"arch": "small_cnn", "arch_kwargs": {}, "epochs": 30, "lr": 1e-3, "batch_size": 32, "models": 3,
+                     "subset_fraction": 0.5, "finetune_epochs": 5}),
 ]

@@ -1,31 +1,77 @@
-"""Task body of the training stage: train the teacher on the labelled set of this round."""
+"""Task body of the training stage: train the teacher on the labelled set of this round.
+
+Every training method's code is called as ``target(features, labels, meta, arch, arch_kwargs,
+epochs, lr, batch_size, seed, on_epoch, **method_kwargs)`` and the task logs the same things for
+all of them (``train_loss`` per epoch, ``test_accuracy``, ``labels``, ``parameters``, the parent
+run's ``teacher_test_accuracy``). Parameters map onto that call in one of two ways:
+
+* no ``arch_kwargs`` parameter (``small_cnn``): the architecture is the method's name and every
+  parameter but ``epochs``/``lr``/``batch_size`` is an architecture argument;
+* an ``arch_kwargs`` parameter (``ddp``, ``adbo_hyperclean``, ``spsa_finetune``, ``federated``,
+  ``fusion``): ``arch`` names the architecture, ``arch_kwargs`` holds its arguments, and every
+  other parameter is a keyword of the method.
+
+Methods that run their workers in other processes (``ddp``: parameter ``nproc_per_node``) also
+log per-worker metrics (``train_loss_rank{r}``, ``samples_per_second_rank{r}``, ...) and MLflow
+system metrics (CPU, memory, GPU of the machine the task runs on) on the training run.
+"""
 from __future__ import annotations
+
+import os
+from contextlib import contextmanager
 
 from components.datasets import load_arrays, load_labelled
 from components.tracking import method_task, parent_run_id, progress
 
 TRAINING_KEYS = ("epochs", "lr", "batch_size")
+SYSTEM_METRICS_INTERVAL_S = 5.0
+CHECKPOINT_ROOT_ENV = "DISTILLERY_CHECKPOINT_DIR"  # a persistent volume: resume across task retries
 
 
 def run_training(method: str, context: str, run_key: str, params: str, round_index: int, dataset: str,
                  splits: str, labelled: str, model_out: str) -> None:
+    from components import registry
+
+    launched = "nproc_per_node" in registry.get("training", method).defaults
+    with _system_metrics(launched):
+        _run_training(method, context, run_key, params, round_index, dataset, splits, labelled, model_out, launched)
+
+
+def _run_training(method: str, context: str, run_key: str, params: str, round_index: int, dataset: str,
+                  splits: str, labelled: str, model_out: str, launched: bool) -> None:
     import mlflow
 
+    from components import registry
     from components.training import models
     from components.training.train import accuracy
 
     with method_task("training", method, context, run_key, params, round_index) as (ctx, entry, p):
         data, split, labels = load_labelled(dataset), load_arrays(splits), load_arrays(labelled)
-        arch_kwargs = {k: v for k, v in p.items() if k not in TRAINING_KEYS}
+        # `arch` names the architecture; methods without it are named after theirs (small_cnn).
+        arch = p.get("arch", method)
+        if "arch_kwargs" in p:
+            arch_kwargs = dict(p["arch_kwargs"])
+            method_kwargs = {k: v for k, v in p.items() if k not in (*TRAINING_KEYS, "arch", "arch_kwargs")}
+        else:
+            arch_kwargs = {k: v for k, v in p.items() if k not in (*TRAINING_KEYS, "arch")}
+            method_kwargs = {}
         epochs = p["epochs"]
+        seed = ctx.seed + round_index
 
         def on_epoch(epoch: int, loss: float) -> None:
             mlflow.log_metric("train_loss", loss, step=epoch)
             if (epoch + 1) % 10 == 0 or epoch + 1 == epochs:
                 progress(f"round {round_index}: epoch {epoch + 1}/{epochs} loss {loss:.4f}")
 
-        model = entry.load()(data.features[labels["rows"]], labels["labels"], data.meta, method, arch_kwargs,
-                             epochs, p["lr"], p["batch_size"], ctx.seed + round_index, on_epoch)
+        args = (data.features[labels["rows"]], labels["labels"], data.meta, arch, arch_kwargs,
+                epochs, p["lr"], p["batch_size"], seed, on_epoch)
+        done: dict = {}  # the workers' final record, for launched methods
+        if launched:
+            method_kwargs.update(_worker_hooks(p, arch, run_key, registry.task_name("training", method, round_index),
+                                               done))
+        model = entry.load()(*args, **method_kwargs)
+        if done:
+            mlflow.log_metrics({"train_seconds": done["seconds"], "samples_per_second": done["samples_per_second"]})
         test = split["test_rows"]
         test_accuracy = accuracy(model, data.features[test], data.labels[test])
         n_labels = len(labels["rows"])
@@ -33,5 +79,53 @@ def run_training(method: str, context: str, run_key: str, params: str, round_ind
                             "parameters": models.count_parameters(model)})
         # The learning curve: one point per round on the parent run, x = number of labels.
         mlflow.MlflowClient().log_metric(parent_run_id(ctx), "teacher_test_accuracy", test_accuracy, step=n_labels)
-        models.save(model, model_out, method, data.meta, arch_kwargs)
+        models.save(model, model_out, arch, data.meta, arch_kwargs)
         progress(f"round {round_index}: teacher trained on {n_labels} labels, test accuracy {test_accuracy:.4f}")
+
+
+def _worker_hooks(p: dict, arch: str, run_key: str, task: str, done: dict) -> dict:
+    """Keywords for an out-of-process method (torchrun workers): log what its workers report,
+    stream their output, and where to keep checkpoints; the final record goes into ``done``."""
+    import mlflow
+
+    mlflow.set_tags({"distillery.world_size": str(p["nproc_per_node"]), "distillery.arch": arch})
+
+    def on_workers(epoch: int, workers: list[dict]) -> None:
+        from components.training.distributed import epoch_metrics
+
+        metrics = epoch_metrics({"train_loss": 0.0, "workers": workers})
+        metrics.pop("train_loss")  # logged by on_epoch, with the task's progress lines
+        mlflow.log_metrics(metrics, step=epoch)
+
+    def on_record(record: dict) -> None:
+        if record.get("event") == "done":
+            done.update(record)
+
+    root = os.environ.get(CHECKPOINT_ROOT_ENV)
+    # With a persistent root, a retried task (same pipeline run, same task) resumes its checkpoints;
+    # without one they live in a temporary folder, still enough for torchrun's own restarts.
+    return {"checkpoint_dir": os.path.join(root, run_key, task) if root else None, "on_workers": on_workers,
+            "on_record": on_record, "on_line": lambda line: print(line, flush=True)}
+
+
+@contextmanager
+def _system_metrics(enabled: bool):
+    """MLflow system metrics (psutil: CPU, memory, disk, network; GPU when present) for the runs
+    opened inside; the process-wide switch is restored afterwards."""
+    if not enabled:
+        yield
+        return
+    import mlflow
+
+    keys = ("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL")
+    before = {k: os.environ.get(k) for k in keys}
+    mlflow.enable_system_metrics_logging()
+    mlflow.set_system_metrics_sampling_interval(SYSTEM_METRICS_INTERVAL_S)
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

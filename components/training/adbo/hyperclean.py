@@ -1,0 +1,112 @@
+"""Training-stage method ``adbo_hyperclean``: learn per-sample weights with ADBO, then train.
+
+Same call signature as :func:`components.training.train.train_classifier`, plus ADBO's own
+keyword parameters: a small, stratified part of the labelled set is held out as the trusted
+validation set, ADBO (Jiao et al., ICLR 2023; data hyper-cleaning as in its Sec. 5) learns a weight
+in (0, 1) for every other sample with a linear classifier as the lower level, split across
+``workers`` processes, and the requested architecture is then trained by the normal
+:func:`components.training.train.fit` on the weighted samples plus the held-out ones (weight 1).
+"""
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from components.training import models
+from components.training.adbo import problems
+from components.training.adbo.config import ADBOConfig
+from components.training.adbo.launcher import launch
+
+
+def hold_out(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(train_rows, val_rows)``: ``fraction`` of every class (at least one sample of each class
+    that has two or more) held out as the trusted validation set."""
+    rng = np.random.default_rng(seed)
+    val = []
+    for label in np.unique(labels):
+        rows = rng.permutation(np.flatnonzero(labels == label))
+        if len(rows) > 1:
+            val.extend(rows[:max(1, int(round(fraction * len(rows))))])
+    val = np.sort(np.asarray(val, dtype=np.int64))
+    return np.setdiff1d(np.arange(len(labels)), val), val
+
+
+def learn_weights(features: np.ndarray, labels: np.ndarray, val_features: np.ndarray, val_labels: np.ndarray,
+                  num_classes: int, config: dict[str, Any], output_dir: str | Path,
+                  timeout: float | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    """ADBO hyper-cleaning on ``(features, labels)`` against the clean ``(val_features, val_labels)``.
+
+    Args:
+        features: ``(n, D)`` raw training features; ``labels``: ``(n,)`` (possibly noisy).
+        config: :class:`ADBOConfig` fields; ``problem_kwargs`` may set ``pca``, ``ridge``,
+            ``logit_scale``, ``warm_start`` (the data comes from here).
+    Returns:
+        ``(weights (n,) in (0, 1), the master's result)``.
+    """
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    split = problems.save_split(output_dir / "split.npz", (features.astype(np.float32), labels),
+                                (val_features.astype(np.float32), val_labels), num_classes=num_classes)
+    problem_kwargs = {**config.get("problem_kwargs", {}), "data": str(split), "noise": 0.0}
+    run = ADBOConfig(**{**config, "problem": "hyperclean", "problem_kwargs": problem_kwargs})
+    result = launch(run, output_dir / "run", timeout=timeout)
+    v = torch.load(output_dir / "run" / "final.pt", weights_only=True)["v"]
+    scale = float(problem_kwargs.get("logit_scale", problems.DEFAULT_LOGIT_SCALE))
+    return torch.sigmoid(scale * v).numpy(), result
+
+
+def weighted_cross_entropy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Mean of ``w_j * CE_j`` over the batch (the weights are normalised to mean 1 over the data
+    set, so this stays a per-sample mean, as :func:`fit` expects)."""
+    return (w * F.cross_entropy(model(x), y, reduction="none")).mean()
+
+
+def _mlflow_parent() -> dict[str, Any]:
+    """Where the ADBO master logs: nested under the caller's open MLflow run (a pipeline task's), in
+    its experiment; nowhere if there is none."""
+    mlflow = sys.modules.get("mlflow")  # only if the caller already uses MLflow
+    run = mlflow.active_run() if mlflow else None
+    if run is None:
+        return {}
+    return {"tracking_uri": mlflow.get_tracking_uri(), "parent_run_id": run.info.run_id,
+            "experiment": mlflow.get_experiment(run.info.experiment_id).name}
+
+
+def adbo_hyperclean(features, labels, meta: dict, arch: str, arch_kwargs: dict, epochs: int, lr: float,
+                    batch_size: int, seed: int, on_epoch=None, *, workers: int = 2, s: int = 1, tau: int = 4,
+                    iterations: int = 150, val_fraction: float = 0.1, hyper: dict | None = None,
+                    problem_kwargs: dict | None = None, rpc_timeout: float = 60.0,
+                    timeout: float | None = 1800.0) -> nn.Module:
+    """A fresh ``arch`` model trained on ADBO-weighted samples (see the module docstring).
+
+    Args:
+        features, labels, meta, arch, arch_kwargs, epochs, lr, batch_size, seed, on_epoch: as
+            :func:`components.training.train.train_classifier`.
+        workers, s, tau, iterations, hyper, problem_kwargs, rpc_timeout: the ADBO run
+            (:class:`ADBOConfig`); ``val_fraction``: share of each class held out as clean.
+    """
+    from components.training.train import fit
+
+    features, labels = np.asarray(features), np.asarray(labels)
+    train_rows, val_rows = hold_out(labels, val_fraction, seed)
+    config = {"workers": workers, "s": s, "tau": tau, "iterations": iterations, "hyper": hyper or {},
+              "problem_kwargs": problem_kwargs or {}, "rpc_timeout": rpc_timeout, "seed": seed,
+              "run_name": "adbo-hyperclean", **_mlflow_parent()}
+    with tempfile.TemporaryDirectory(prefix="adbo-") as tmp:
+        weights, _ = learn_weights(features[train_rows], labels[train_rows], features[val_rows], labels[val_rows],
+                                   len(meta["classes"]), config, tmp, timeout)
+    sample_weights = np.ones(len(labels), dtype=np.float32)
+    sample_weights[train_rows] = weights
+    sample_weights /= sample_weights.mean()
+    torch.manual_seed(seed)
+    model = models.build(arch, meta, **arch_kwargs)
+    tensors = (torch.as_tensor(features, dtype=torch.float32), torch.as_tensor(labels, dtype=torch.long),
+               torch.as_tensor(sample_weights))
+    return fit(model, tensors, weighted_cross_entropy, epochs, lr, batch_size, seed, on_epoch)
