@@ -33,7 +33,13 @@ compile: install
 	$(CLI) compile --config $(CONFIG)
 
 benchmark: data
+	$(PY) -m pip install --quiet -e ".[bench]"
 	$(PY) benchmarks/pipeline_overhead.py
+	$(PY) benchmarks/al_label_efficiency.py
+	$(PY) benchmarks/al_selection_speed.py
+	$(PY) benchmarks/ddp_throughput.py
+	$(PY) benchmarks/async_training.py
+	$(PY) benchmarks/spsa_bytes.py
 
 ui: install
 	$(CLI) ui

@@ -1,0 +1,429 @@
+"""Label efficiency of every registered selection strategy, and of a peer library, on MNIST.
+
+One protocol for all (``components.selection.loop.run_active_learning``): the project's MNIST
+subset (5,000 digits) split once, stratified, into a 4,000-item pool and a 1,000-item test set; an
+MLP 784-256-10 with dropout 0.2 (BALD samples that dropout) retrained from scratch every round with
+the loop's step budget; 20 stratified initial labels, +20 per round up to 200, then +50 per round up
+to 1,000; 3 seeds. For each strategy: test accuracy at 100/200/400/1,000 labels (mean ± std over
+seeds) and the labels needed to reach 95% of the full-data accuracy (the same model trained on all
+4,000 pool items), interpolated linearly between rounds on the seed-averaged curve.
+
+Wrappers run over a sensible base: AnchorAL over BADGE and over entropy (with a 1,000-item subpool:
+the registry's 10,000 would exceed this pool and make AnchorAL its base strategy), the three
+stochastic samplers over entropy, the stream selector over margin (registry defaults otherwise).
+
+The peer, scikit-activeml (``pip install -e ".[bench]"``), runs its own ``UncertaintySampling``
+(entropy, margin), ``Badge`` and ``GreedyBALD`` in the same loop, on our trained model wrapped as its
+classifier (``benchmarks/_peers.py``): same data, model, training and schedule; only the selection
+code differs.
+
+Imbalanced pool: one class cut to 1% of the pool (36 of 3,636 items), 20 random initial labels (a
+user does not know the classes of an unlabelled pool), same schedule; minority-class test recall at
+the end and query time, with and without AnchorAL (entropy vs anchoral(entropy), badge vs
+anchoral(badge)), and the peer's entropy and BADGE.
+
+(strategy, seed) jobs run in worker processes (``--workers``, default 2), one torch thread each.
+
+    python benchmarks/al_label_efficiency.py                 # everything (tens of minutes on 2 cores)
+    python benchmarks/al_label_efficiency.py --quick         # tiny schedule and training, 1 seed (seconds)
+    python benchmarks/al_label_efficiency.py --strategies entropy,badge,peer:entropy --no-imbalanced
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+DATA = ROOT / "data" / "mnist"
+
+POOL_SIZE, TEST_SIZE, SPLIT_SEED = 4000, 1000, 0
+MODEL = {"arch": "mlp", "hidden": 256, "dropout": 0.2}
+SCHEDULE = list(range(20, 201, 20)) + list(range(250, 1001, 50))
+QUICK_SCHEDULE = [20, 40, 60]
+QUICK_TRAIN = {"min_steps": 30, "min_epochs": 2}  # --quick only checks the machinery: a token training budget
+SEEDS = 3
+REPORT_AT = (100, 200, 400, 1000)
+TARGET_FRACTION = 0.95
+ANCHORAL = {"subpool_size": 1000}  # 25% of the 4,000-item pool; neighbours/anchors: registry defaults
+MINORITY_CLASS, MINORITY_SHARE = 9, 0.01
+PEER_PREFIX = "peer:"
+
+
+def strategy_configs() -> dict[str, tuple[str, dict]]:
+    """label -> (registered name, params): every registered selection strategy, wrappers over a base."""
+    from components import registry
+
+    wrapped = {
+        "anchoral": [("anchoral(badge)", {**ANCHORAL, "base": "badge"}),
+                     ("anchoral(entropy)", {**ANCHORAL, "base": "entropy"})],
+        "softmax_sampling": [("softmax_sampling(entropy)", {"base": "entropy"})],
+        "power_sampling": [("power_sampling(entropy)", {"base": "entropy"})],
+        "softrank_sampling": [("softrank_sampling(entropy)", {"base": "entropy"})],
+        "stream": [("stream(margin)", {"base": "margin"})],
+    }
+    configs = {}
+    for method in registry.methods("selection"):
+        for label, params in wrapped.get(method.name, [(method.name, {})]):
+            configs[label] = (method.name, params)
+    return configs
+
+
+PEER_STRATEGIES = ("entropy", "margin", "badge", "bald")
+IMBALANCED = ["entropy", "anchoral(entropy)", "badge", "anchoral(badge)", "peer:entropy", "peer:badge"]
+QUICK_STRATEGIES = ["random", "entropy", "anchoral(entropy)", "peer:entropy"]
+QUICK_IMBALANCED = ["entropy", "anchoral(entropy)"]
+
+
+# --- data -------------------------------------------------------------------------------------------
+
+_DATA_CACHE: dict = {}
+
+
+def load_data() -> dict:
+    """The fixed split (and the imbalanced pool), computed once per process."""
+    if _DATA_CACHE:
+        return _DATA_CACHE
+    from sklearn.model_selection import train_test_split
+
+    if not (DATA / "features.npy").exists():
+        raise SystemExit(f"{DATA.relative_to(ROOT)} is missing: run `make data`")
+    x = np.load(DATA / "features.npy")
+    y = np.load(DATA / "labels.npy").astype(np.int64)
+    meta = json.loads((DATA / "dataset.json").read_text())
+    pool, test = train_test_split(np.arange(len(y)), train_size=POOL_SIZE, test_size=TEST_SIZE, stratify=y,
+                                  random_state=SPLIT_SEED)
+    pool, test = np.sort(pool), np.sort(test)
+    # imbalanced pool: every other class whole, the minority cut to MINORITY_SHARE of the result
+    others = pool[y[pool] != MINORITY_CLASS]
+    n_minority = int(round(MINORITY_SHARE * len(others) / (1 - MINORITY_SHARE)))
+    minority = np.random.default_rng(SPLIT_SEED).choice(pool[y[pool] == MINORITY_CLASS], n_minority, replace=False)
+    imbalanced = np.sort(np.concatenate([others, minority]))
+    _DATA_CACHE.update(x=x, y=y, meta=meta, pool=pool, test=test, imbalanced=imbalanced, n_minority=n_minority)
+    return _DATA_CACHE
+
+
+# --- jobs (run in worker processes) -----------------------------------------------------------------
+
+def _init_worker() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    for path in (str(ROOT), str(ROOT / "benchmarks")):
+        if path not in sys.path:
+            sys.path.insert(0, path)
+
+
+def run_job(job: dict) -> dict:
+    """One (setting, strategy, seed) run; returns its curve, or the error it raised."""
+    from components.selection.loop import evaluate, run_active_learning, train_model
+
+    data = load_data()
+    x, y, meta = data["x"], data["y"], data["meta"]
+    test = data["test"]
+    started = time.perf_counter()
+    try:
+        if job["setting"] == "full":
+            model = train_model(x[data["pool"]], y[data["pool"]], meta, MODEL, job["train"], job["seed"])
+            accuracy, recall = evaluate(model, x[test], y[test], len(meta["classes"]))
+            return {**job, "accuracy": accuracy, "seconds": time.perf_counter() - started}
+        pool = data["pool"] if job["setting"] == "balanced" else data["imbalanced"]
+        label = job["label"]
+        if label.startswith(PEER_PREFIX):
+            import _peers
+
+            strategy, params = _peers.selector(label[len(PEER_PREFIX):], job["seed"]), None
+        else:
+            strategy, params = job["name"], job["params"]
+        curve = run_active_learning(strategy, params, x[pool], y[pool], x[test], y[test], meta, job["schedule"],
+                                    job["seed"], MODEL, job["train"], initial=job["initial"])
+        return {**job, "curve": [r._asdict() for r in curve], "seconds": time.perf_counter() - started}
+    except Exception as exc:  # one failing strategy must not sink the whole benchmark
+        return {**job, "error": f"{type(exc).__name__}: {exc}", "seconds": time.perf_counter() - started}
+
+
+# --- the benchmark ----------------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> int:
+    for path in (str(ROOT), str(ROOT / "benchmarks")):
+        if path not in sys.path:
+            sys.path.insert(0, path)
+    import _peers
+
+    configs = strategy_configs()
+    peer_labels = [PEER_PREFIX + s for s in PEER_STRATEGIES]
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true",
+                        help=f"schedule {QUICK_SCHEDULE}, 1 seed, strategies {QUICK_STRATEGIES} (seconds)")
+    parser.add_argument("--strategies", help=f"comma-separated labels among {sorted(configs) + peer_labels} "
+                                             "(random is always added: the reference)")
+    parser.add_argument("--seeds", type=int, help=f"seeds per strategy (default {SEEDS}, 1 with --quick)")
+    parser.add_argument("--workers", type=int, default=2, help="worker processes (default: %(default)s)")
+    parser.add_argument("--no-peer", action="store_true", help="skip the peer library")
+    parser.add_argument("--no-imbalanced", action="store_true", help="skip the imbalanced-pool runs")
+    parser.add_argument("--output", type=Path, help="result JSON (default: benchmarks/results/"
+                                                    "al_label_efficiency.json, al_label_efficiency_quick.json with --quick)")
+    args = parser.parse_args(argv)
+
+    schedule = QUICK_SCHEDULE if args.quick else SCHEDULE
+    train = QUICK_TRAIN if args.quick else {}
+    seeds = args.seeds or (1 if args.quick else SEEDS)
+    if args.strategies:
+        labels = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    else:
+        labels = QUICK_STRATEGIES if args.quick else list(configs) + peer_labels
+    unknown = sorted(set(labels) - set(configs) - set(peer_labels))
+    if unknown:
+        raise SystemExit(f"unknown strategies {unknown}; choose among {sorted(configs) + peer_labels}")
+    if "random" not in labels:
+        labels = ["random", *labels]
+    peer_ok = _peers.available() and not args.no_peer
+    if not peer_ok:
+        if not args.no_peer:
+            print(f"{_peers.PEER} is not installed (pip install -e '.[bench]'): peer rows skipped", flush=True)
+        labels = [s for s in labels if not s.startswith(PEER_PREFIX)]
+    imbalanced_labels = [] if args.no_imbalanced else [
+        s for s in (QUICK_IMBALANCED if args.quick else IMBALANCED) if peer_ok or not s.startswith(PEER_PREFIX)]
+    if args.strategies:  # only the requested strategies, on the imbalanced pool too
+        imbalanced_labels = [s for s in imbalanced_labels if s in labels]
+
+    jobs = [{"setting": "full", "label": "full data", "seed": s, "train": train} for s in range(seeds)]
+    for setting, names, initial in (("balanced", labels, "stratified"), ("imbalanced", imbalanced_labels, "random")):
+        for label in names:
+            name, params = configs.get(label, (label, None))
+            jobs += [{"setting": setting, "label": label, "name": name, "params": params, "seed": s,
+                      "schedule": schedule, "initial": initial, "train": train} for s in range(seeds)]
+    # slowest first, so the two workers finish together
+    slow = ("neuronal", "gradnorm", "coreset", "badge", "bald")
+    jobs.sort(key=lambda j: (not any(k in j["label"] for k in slow), j["setting"] != "full"))
+
+    data = load_data()
+    print(f"Active-learning label efficiency on MNIST: pool {POOL_SIZE}, test {TEST_SIZE}, schedule "
+          f"{schedule[0]}..{schedule[-1]} ({len(schedule)} rounds), {seeds} seed(s), {len(labels)} strategies"
+          f"{f' + {len(imbalanced_labels)} on the imbalanced pool' if imbalanced_labels else ''}; "
+          f"{len(jobs)} jobs on {args.workers} workers", flush=True)
+    load_before = os.getloadavg()[0]
+    started = time.perf_counter()
+    results = []
+    with ProcessPoolExecutor(max_workers=args.workers, mp_context=get_context("spawn"),
+                             initializer=_init_worker) as executor:
+        futures = [executor.submit(run_job, job) for job in jobs]
+        for done, future in enumerate(as_completed(futures), 1):
+            r = future.result()
+            results.append(r)
+            if "error" in r:
+                what = f"FAILED {r['error'].splitlines()[0][:160]}"
+            elif r["setting"] == "full":
+                what = f"accuracy {r['accuracy']:.4f}"
+            else:
+                last = r["curve"][-1]
+                what = (f"accuracy {last['accuracy']:.4f} at {last['labels']} labels, "
+                        f"queries {sum(p['query_seconds'] for p in r['curve']):.1f} s")
+            print(f"[{done:3d}/{len(jobs)}] {r['setting']:<10} {r['label']:<27} seed {r['seed']}: {what} "
+                  f"({r['seconds']:.1f} s)", flush=True)
+    wall = time.perf_counter() - started
+
+    result = summarise(results, labels, imbalanced_labels, schedule, seeds, data)
+    result["protocol"]["quick"] = args.quick
+    if train:
+        result["protocol"]["training_overrides"] = train
+    result["machine"] = machine_info(load_before, _peers)
+    result["wall_seconds"] = round(wall, 1)
+    output = args.output or RESULTS / ("al_label_efficiency_quick.json" if args.quick else "al_label_efficiency.json")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(result, indent=2) + "\n")
+    print_result(result)
+    print(f"\nWrote {output}")
+    return 0
+
+
+def machine_info(load_before: float, peers) -> dict:
+    import sklearn
+    import torch
+
+    return {"cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
+            "torch": torch.__version__, "numpy": np.__version__, "scikit-learn": sklearn.__version__,
+            peers.PEER: peers.peer_version(),
+            "load_avg_1min": {"before": load_before, "after": os.getloadavg()[0]}}
+
+
+def _curve_stats(runs: list[dict]) -> dict:
+    labels = [p["labels"] for p in runs[0]["curve"]]
+    acc = np.array([[p["accuracy"] for p in r["curve"]] for r in runs])
+    return {"labels": labels, "accuracy_mean": acc.mean(0).round(4).tolist(), "accuracy_std": acc.std(0).round(4).tolist(),
+            "accuracy_per_seed": acc.round(4).tolist()}
+
+
+def summarise(results: list[dict], labels: list[str], imbalanced_labels: list[str], schedule: list[int],
+              seeds: int, data: dict) -> dict:
+    from components.selection.loop import labels_to_reach
+
+    full = [r["accuracy"] for r in results if r["setting"] == "full" and "error" not in r]
+    full_acc = float(np.mean(full))
+    target = TARGET_FRACTION * full_acc
+    errors = {f"{r['setting']}/{r['label']}/seed {r['seed']}": r["error"] for r in results if "error" in r}
+
+    strategies, peers = {}, {}
+    for label in labels:
+        runs = sorted((r for r in results if r["setting"] == "balanced" and r["label"] == label and "error" not in r),
+                      key=lambda r: r["seed"])
+        if not runs:
+            continue
+        curve = _curve_stats(runs)
+        mean_curve = list(zip(curve["labels"], curve["accuracy_mean"]))
+        entry = {
+            "strategy": runs[0]["name"] if not label.startswith(PEER_PREFIX) else label,
+            "params": runs[0]["params"],
+            "seeds": len(runs),
+            "curve": curve,
+            "accuracy_at": {str(n): [round(float(np.mean(a)), 4), round(float(np.std(a)), 4)]
+                            for n in REPORT_AT if n in curve["labels"]
+                            for a in [[r["curve"][curve["labels"].index(n)]["accuracy"] for r in runs]]},
+            "labels_to_95pct": _round(labels_to_reach(mean_curve, target)),
+            "labels_to_95pct_per_seed": [_round(labels_to_reach([(p["labels"], p["accuracy"]) for p in r["curve"]],
+                                                                target)) for r in runs],
+            "query_seconds_total": round(float(np.mean([sum(p["query_seconds"] for p in r["curve"]) for r in runs])), 3),
+            "job_seconds": round(float(np.mean([r["seconds"] for r in runs])), 2),
+        }
+        (peers if label.startswith(PEER_PREFIX) else strategies)[label] = entry
+
+    reached = {k: v["labels_to_95pct"] for k, v in strategies.items() if v["labels_to_95pct"] is not None}
+    non_random = {k: v for k, v in reached.items() if k != "random"}
+    best = min(non_random, key=lambda k: (non_random[k], -strategies[k]["curve"]["accuracy_mean"][-1])) \
+        if non_random else None
+    peer_reached = [v["labels_to_95pct"] for v in peers.values() if v["labels_to_95pct"] is not None]
+    targets = _targets(best, strategies, peer_reached, bool(peers), schedule)
+
+    imbalanced = {}
+    if imbalanced_labels:
+        imbalanced = {"minority_class": MINORITY_CLASS, "pool_size": len(data["imbalanced"]),
+                      "minority_in_pool": data["n_minority"], "initial": "random", "results": {}}
+        for label in imbalanced_labels:
+            runs = [r for r in results if r["setting"] == "imbalanced" and r["label"] == label and "error" not in r]
+            if not runs:
+                continue
+            last = [r["curve"][-1] for r in runs]
+            queries = [p["query_seconds"] for r in runs for p in r["curve"][:-1]]
+            recall = [p["recall"][MINORITY_CLASS] for p in last]
+            imbalanced["results"][label] = {
+                "minority_recall": [round(float(np.mean(recall)), 4), round(float(np.std(recall)), 4)],
+                "minority_labels": round(float(np.mean([p["class_counts"][MINORITY_CLASS] for p in last])), 2),
+                "accuracy": [round(float(np.mean([p["accuracy"] for p in last])), 4),
+                             round(float(np.std([p["accuracy"] for p in last])), 4)],
+                "query_seconds_mean": round(float(np.mean(queries)), 4),
+                "query_seconds_total": round(float(np.sum(queries) / len(runs)), 3),
+                "minority_recall_curve": np.mean([[p["recall"][MINORITY_CLASS] for p in r["curve"]] for r in runs],
+                                                 axis=0).round(4).tolist(),
+                "minority_labels_curve": np.mean([[p["class_counts"][MINORITY_CLASS] for p in r["curve"]]
+                                                  for r in runs], axis=0).round(2).tolist(),
+            }
+
+    import _peers
+
+    return {
+        "benchmark": "al_label_efficiency",
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "protocol": {"dataset": "mnist (data/mnist, 5,000 digits)", "pool_size": POOL_SIZE, "test_size": TEST_SIZE,
+                     "split": f"stratified, random_state={SPLIT_SEED}", "schedule": schedule, "seeds": seeds,
+                     "initial_labels": "stratified (imbalanced pool: random)", "model": MODEL,
+                     "training": "components.selection.loop.TRAIN_DEFAULTS, retrained from scratch each round",
+                     "target": f"{TARGET_FRACTION:.0%} of full-data accuracy, on the seed-averaged curve",
+                     "anchoral": ANCHORAL, "peer": f"{_peers.PEER} {_peers.peer_version()}"},
+        "full_data_accuracy_per_seed": [round(a, 4) for a in full],
+        "target_accuracy": round(target, 4),
+        "strategies": strategies,
+        "peers": peers,
+        "imbalanced": imbalanced,
+        "targets": targets,
+        "errors": errors,
+        "summary": {
+            "full_data_accuracy": round(full_acc, 4),
+            "labels_to_95pct": {k: v["labels_to_95pct"] for k, v in strategies.items()},
+            "best_strategy": best,
+            "peer": {k: v["labels_to_95pct"] for k, v in peers.items()},
+        },
+    }
+
+
+def _targets(best, strategies, peer_reached, have_peer, schedule) -> dict:
+    """Best strategy needs at most half the labels random needs, and no more than the best peer strategy.
+    A curve that never reaches the target needs more than the schedule's last size: random then counts
+    as ``> schedule[-1]`` (so "half" holds when best <= schedule[-1] / 2), a peer as never reaching it."""
+    random_labels = strategies.get("random", {}).get("labels_to_95pct")
+    best_labels = strategies[best]["labels_to_95pct"] if best else None
+    if best_labels is None:
+        half = False
+    elif random_labels is None:
+        half = best_labels <= schedule[-1] / 2
+    else:
+        half = best_labels <= random_labels / 2
+    if not have_peer:
+        vs_peer = None
+    else:
+        vs_peer = best_labels is not None and (not peer_reached or best_labels <= min(peer_reached))
+    return {"best_at_most_half_of_random": half, "best_not_more_than_best_peer": vs_peer,
+            "best_labels": best_labels, "random_labels": random_labels,
+            "best_peer_labels": min(peer_reached) if peer_reached else None}
+
+
+def _round(value):
+    return None if value is None else round(float(value), 1)
+
+
+def _fmt_labels(value) -> str:
+    return "never" if value is None else f"{value:.0f}"
+
+
+def print_result(result: dict) -> None:
+    s, p = result["summary"], result["protocol"]
+    m = result["machine"]
+    print(f"\nLabel efficiency, MNIST pool {p['pool_size']} / test {p['test_size']}, {p['seeds']} seed(s), "
+          f"schedule {p['schedule'][0]}..{p['schedule'][-1]}; {m['cores']} cores, load {m['load_avg_1min']['before']:.2f}"
+          f" before / {m['load_avg_1min']['after']:.2f} after; wall {result['wall_seconds']:.0f} s")
+    print(f"full-data accuracy {s['full_data_accuracy']:.4f}; target (95%) {result['target_accuracy']:.4f}\n")
+    rows = {**result["strategies"], **result["peers"]}
+    points = [n for n in REPORT_AT if any(str(n) in r["accuracy_at"] for r in rows.values())]
+    width = max([len("strategy")] + [len(k) for k in rows])
+    head = f"{'strategy':<{width}}  " + "  ".join(f"{'acc@' + str(n):>13}" for n in points) + \
+        f"  {'labels→95%':>10}  {'query s':>8}"
+    print(head)
+    print("-" * len(head))
+    for label, r in rows.items():
+        cells = "  ".join(f"{r['accuracy_at'][str(n)][0]:.3f} ± {r['accuracy_at'][str(n)][1]:.3f}"
+                          if str(n) in r["accuracy_at"] else f"{'-':>13}" for n in points)
+        print(f"{label:<{width}}  {cells}  {_fmt_labels(r['labels_to_95pct']):>10}  {r['query_seconds_total']:>8.2f}")
+    t = result["targets"]
+    print(f"\nbest strategy: {s['best_strategy']} ({_fmt_labels(t['best_labels'])} labels); random: "
+          f"{_fmt_labels(t['random_labels'])}; best peer: {_fmt_labels(t['best_peer_labels'])}")
+    print(f"target: best <= half of random's labels: {t['best_at_most_half_of_random']}; "
+          f"best <= best peer's labels: {t['best_not_more_than_best_peer']}")
+    imb = result["imbalanced"]
+    if imb and imb["results"]:
+        print(f"\nImbalanced pool: class {imb['minority_class']} is {imb['minority_in_pool']} of {imb['pool_size']} "
+              f"items (1%), random initial labels; at {p['schedule'][-1]} labels:\n")
+        width = max(len("strategy"), *(len(k) for k in imb["results"]))
+        head = f"{'strategy':<{width}}  {'minority recall':>15}  {'minority labels':>15}  {'accuracy':>13}  " \
+               f"{'s / query':>9}"
+        print(head)
+        print("-" * len(head))
+        for label, r in imb["results"].items():
+            print(f"{label:<{width}}  {r['minority_recall'][0]:>7.3f} ± {r['minority_recall'][1]:.3f}  "
+                  f"{r['minority_labels']:>15.1f}  {r['accuracy'][0]:.3f} ± {r['accuracy'][1]:.3f}  "
+                  f"{r['query_seconds_mean']:>9.3f}")
+    if result["errors"]:
+        print("\nFailed runs:")
+        for key, error in result["errors"].items():
+            print(f"  {key}: {error.splitlines()[0][:200]}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
