@@ -43,10 +43,8 @@ pools over ``PEER_BADGE_CANDIDATES`` items it is given that many random candidat
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -349,24 +347,12 @@ def main(argv: list[str] | None = None) -> int:
 
     result = summarise(results, pool_size, repeats, args.timeout, data)
     result["protocol"]["threads"] = args.threads
-    result["machine"] = machine_info(load_before, _peers)
+    import _results  # beside this script, like _peers
+
+    result["machine"] = _results.machine_info(load_before)
     result["wall_seconds"] = round(wall, 1)
     output = args.output or RESULTS / ("al_selection_speed_quick.json" if args.quick else "al_selection_speed.json")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(result, indent=2) + "\n")
-    print_result(result)
-    print(f"\nWrote {output}")
-    return 0
-
-
-def machine_info(load_before: float, peers) -> dict:
-    import sklearn
-    import torch
-
-    return {"cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
-            "torch": torch.__version__, "numpy": np.__version__,
-            "scikit-learn": sklearn.__version__, peers.PEER: peers.peer_version(),
-            "load_avg_1min": {"before": load_before, "after": os.getloadavg()[0]}}
+    return _results.write_result(result, output, print_result)
 
 
 def _r(value, digits=4):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from servers import SERVER_SH, free_port, http_status, running_server
+from servers import SERVER_SH, http_status, running_server
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU_DOCKERFILE = ROOT / "Dockerfile"

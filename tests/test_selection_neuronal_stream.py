@@ -7,7 +7,7 @@ import torch
 
 from components.selection import neuronal
 from components.selection.neuronal import (NeurOnAlPool, NeurOnAlStream, block_mean_pool, gap_inverse_probabilities,
-                                           gap_inverse_sample, gradient_features, mlp, stream_queries, top_two_gap)
+                                           gap_inverse_sample, gradient_features, mlp, stream_queries)
 from components.selection.pool import Pool
 from components.selection.strategies import MarginSampling, Strategy, resolve
 from components.selection.stream import OnlineSelector, StreamSelection

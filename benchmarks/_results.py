@@ -1,0 +1,30 @@
+"""What every active-learning benchmark writes besides its numbers: the machine it ran on, and the
+JSON file plus the printed table."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Callable
+
+import _peers
+import numpy as np
+
+
+def machine_info(load_before: float) -> dict:
+    import sklearn
+    import torch
+
+    return {"cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
+            "torch": torch.__version__, "numpy": np.__version__, "scikit-learn": sklearn.__version__,
+            _peers.PEER: _peers.peer_version(),
+            "load_avg_1min": {"before": load_before, "after": os.getloadavg()[0]}}
+
+
+def write_result(result: dict, output: Path, print_result: Callable[[dict], None]) -> int:
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(result, indent=2) + "\n")
+    print_result(result)
+    print(f"\nWrote {output}")
+    return 0
