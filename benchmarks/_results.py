@@ -1,5 +1,5 @@
-"""What every active-learning benchmark writes besides its numbers: the machine it ran on, and the
-JSON file plus the printed table."""
+"""What the active-learning benchmarks share: which strategies they run, and what they write besides
+their numbers (the machine it ran on, the JSON file plus the printed table)."""
 from __future__ import annotations
 
 import json
@@ -28,3 +28,22 @@ def write_result(result: dict, output: Path, print_result: Callable[[dict], None
     print_result(result)
     print(f"\nWrote {output}")
     return 0
+
+
+def strategy_configs(anchoral: list[tuple[str, dict]]) -> dict[str, tuple[str, dict]]:
+    """label -> (registered name, params): every registered selection strategy, wrappers over a
+    base; ``anchoral`` lists the AnchorAL variants (label, params) the benchmark runs."""
+    from components import registry
+
+    wrapped = {
+        "anchoral": anchoral,
+        "softmax_sampling": [("softmax_sampling(entropy)", {"base": "entropy"})],
+        "power_sampling": [("power_sampling(entropy)", {"base": "entropy"})],
+        "softrank_sampling": [("softrank_sampling(entropy)", {"base": "entropy"})],
+        "stream": [("stream(margin)", {"base": "margin"})],
+    }
+    configs = {}
+    for method in registry.methods("selection"):
+        for label, params in wrapped.get(method.name, [(method.name, {})]):
+            configs[label] = (method.name, params)
+    return configs

@@ -59,22 +59,11 @@ PEER_PREFIX = "peer:"
 
 
 def strategy_configs() -> dict[str, tuple[str, dict]]:
-    """label -> (registered name, params): every registered selection strategy, wrappers over a base."""
-    from components import registry
+    """label -> (registered name, params): every registered strategy; AnchorAL over BADGE and entropy."""
+    import _results
 
-    wrapped = {
-        "anchoral": [("anchoral(badge)", {**ANCHORAL, "base": "badge"}),
-                     ("anchoral(entropy)", {**ANCHORAL, "base": "entropy"})],
-        "softmax_sampling": [("softmax_sampling(entropy)", {"base": "entropy"})],
-        "power_sampling": [("power_sampling(entropy)", {"base": "entropy"})],
-        "softrank_sampling": [("softrank_sampling(entropy)", {"base": "entropy"})],
-        "stream": [("stream(margin)", {"base": "margin"})],
-    }
-    configs = {}
-    for method in registry.methods("selection"):
-        for label, params in wrapped.get(method.name, [(method.name, {})]):
-            configs[label] = (method.name, params)
-    return configs
+    return _results.strategy_configs([("anchoral(badge)", {**ANCHORAL, "base": "badge"}),
+                                      ("anchoral(entropy)", {**ANCHORAL, "base": "entropy"})])
 
 
 PEER_STRATEGIES = ("entropy", "margin", "badge", "bald")

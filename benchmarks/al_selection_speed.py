@@ -75,22 +75,11 @@ PRELOAD = ["torch", "numpy", "scipy.special", "sklearn.cluster", "faiss", "compo
 
 
 def strategy_configs() -> dict[str, tuple[str, dict]]:
-    """label -> (registered name, params): every registered strategy; wrappers over sensible bases."""
-    from components import registry
+    """label -> (registered name, params): every registered strategy; AnchorAL over each expensive one."""
+    import _results
 
-    wrapped = {
-        "anchoral": [(f"anchoral({base})", {"base": base})
-                     for base in ("badge", "expected_gradnorm", "entropy_gradnorm", "entropy")],
-        "softmax_sampling": [("softmax_sampling(entropy)", {"base": "entropy"})],
-        "power_sampling": [("power_sampling(entropy)", {"base": "entropy"})],
-        "softrank_sampling": [("softrank_sampling(entropy)", {"base": "entropy"})],
-        "stream": [("stream(margin)", {"base": "margin"})],
-    }
-    configs = {}
-    for method in registry.methods("selection"):
-        for label, params in wrapped.get(method.name, [(method.name, {})]):
-            configs[label] = (method.name, params)
-    return configs
+    return _results.strategy_configs([(f"anchoral({base})", {"base": base})
+                                      for base in ("badge", "expected_gradnorm", "entropy_gradnorm", "entropy")])
 
 
 PEER_STRATEGIES = ("entropy", "margin", "badge", "bald")

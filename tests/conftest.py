@@ -69,3 +69,16 @@ def task_context(store: Path, repo: Path, data_path: str = "data/mnist", name: s
                       data_version=data_version(repo),
                       config={"name": name, "seed": 0, "data": {"repo": str(repo), "path": data_path, "rev": None}},
                       artifact_location=str(store / "artifacts")).to_json()
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op torch thread for a module's tests (``pytestmark = pytest.mark.usefixtures(...)``):
+    on a loaded 2-core machine, two spinning OpenMP threads per process slow small models down many
+    times over, and multi-process tests already use the cores."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -13,14 +13,7 @@ from components.selection.strategies import MarginSampling, Strategy, resolve
 from components.selection.stream import OnlineSelector, StreamSelection
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    # The test machines share their few cores; torch's default thread pool then spins against the
-    # other workers and a 2-thread run is many times slower than a 1-thread one.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -13,14 +13,7 @@ from conftest import ROOT
 DATA = str(ROOT / "data" / "mnist")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread here: the workers are processes of their own, and on a loaded 2-core
-    machine two spinning OpenMP threads per process slow small models down many times over."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ------------------------------------------------------------------------------------------ quantiser

@@ -26,12 +26,7 @@ TRAIN, HELD_OUT = ORDER[:200], ORDER[200:700]
 TINY_CNN = {"channels": 4, "hidden": 32}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
