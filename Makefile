@@ -34,12 +34,17 @@ compile: install
 
 benchmark: data
 	$(PY) -m pip install --quiet -e ".[bench]"
+	# torchdistill, the distillation benchmark's peer: --no-deps, or pip swaps torch 2.13.0 for 2.14.1 (torchvision)
+	$(PY) -m pip install --quiet --no-deps "torchdistill==1.1.5"
 	$(PY) benchmarks/pipeline_overhead.py
 	$(PY) benchmarks/al_label_efficiency.py
 	$(PY) benchmarks/al_selection_speed.py
 	$(PY) benchmarks/ddp_throughput.py
 	$(PY) benchmarks/async_training.py
 	$(PY) benchmarks/spsa_bytes.py
+	$(PY) benchmarks/quality_filtering.py
+	$(PY) benchmarks/consensus_labels.py
+	$(PY) benchmarks/distillation.py
 
 ui: install
 	$(CLI) ui

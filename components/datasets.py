@@ -8,6 +8,18 @@ holding three files:
 - ``dataset.json``: name, kind (``image`` or ``tabular``), ``feature_shape`` (e.g. ``[1, 28, 28]``),
   ``classes`` (names, index = label), ``value_range`` (``[lo, hi]`` or null) and provenance.
 
+Optional in ``dataset.json``: ``sensitive``, the sensitive attributes group fairness is measured on
+(ΔSP/ΔEO at evaluation, ``components/evaluation/fairness.py``), a mapping from attribute name to
+where its values are:
+
+- an int: a feature column holding the attribute (tabular data; it stays a model input), e.g.
+  ``{"sex": 9}``;
+- a string: a ``.npy`` file in the dataset folder, an ``(N,)`` array with one group per stored row
+  (indexed by the samples' ``ids``, so it survives de-duplication and splits), e.g.
+  ``{"skin_tone": "sensitive_skin_tone.npy"}``.
+
+Each attribute needs two or more groups in the evaluation data.
+
 ``.npy`` and sorted-key JSON are byte-for-byte deterministic, so rebuilding a dataset from its
 source reproduces the hash ``data.dvc`` records.
 """
@@ -74,6 +86,20 @@ def read_raw(open_file) -> tuple[np.ndarray, np.ndarray, dict]:
     return features, labels, meta
 
 
+DVC_REMOTE_ENV = "DISTILLERY_DVC_REMOTE"
+
+
+def dvc_filesystem(repo: str, rev: str | None = None):
+    """A ``DVCFileSystem`` on ``repo`` at ``rev``. On a cluster, pods set ``DISTILLERY_DVC_REMOTE``
+    (e.g. ``cluster``, the S3 remote of ``k8s/base/dvc-config.yaml``) because the repository's own
+    default remote is a path on a developer's machine."""
+    import os
+
+    from dvc.api import DVCFileSystem  # lazy: dvc's import costs ~1 s
+
+    return DVCFileSystem(repo, rev=rev or None, remote=os.environ.get(DVC_REMOTE_ENV) or None)
+
+
 def read_dataset(repo: str, path: str, rev: str | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
     """Read a dataset version through DVC.
 
@@ -82,27 +108,33 @@ def read_dataset(repo: str, path: str, rev: str | None = None) -> tuple[np.ndarr
         path: dataset folder inside the repo, e.g. ``data/mnist``.
         rev: git revision; ``None`` or ``""`` reads the working tree.
     """
-    from dvc.api import DVCFileSystem  # lazy: dvc's import costs ~1 s
+    where = f"dataset {path!r} from data repo {repo!r} at revision {rev or 'working tree'}"
+
+    def unreadable(exc: Exception) -> DataVersionError:
+        return DataVersionError(f"cannot read {where}: {type(exc).__name__}: {exc} (an unknown revision, or a "
+                                "data version that neither the DVC cache nor the remote holds: `dvc pull`)")
 
     try:
-        fs = DVCFileSystem(repo, rev=rev or None)
-    except Exception as exc:  # dvc raises many types for a bad repo/rev
-        raise DataVersionError(f"cannot open data repo {repo!r} at revision {rev!r}: {exc}") from exc
-    if not fs.isdir(path):
-        raise DataVersionError(
-            f"no dataset folder {path!r} in {repo!r} at revision {rev or 'working tree'}; "
-            "run `distillery data materialize` or `distillery data add`"
-        )
-    return read_raw(lambda name, mode: fs.open(f"{path}/{name}", mode))
+        fs = dvc_filesystem(repo, rev)
+        found = fs.isdir(path)  # DVCFileSystem opens lazily: a bad revision or data version fails here
+    except Exception as exc:  # dvc and scmrepo raise many types
+        raise unreadable(exc) from exc
+    if not found:
+        raise DataVersionError(f"no dataset folder {path!r} in {repo!r} at revision {rev or 'working tree'}; "
+                               "run `distillery data materialize` or `distillery data add`")
+    try:
+        return read_raw(lambda name, mode: fs.open(f"{path}/{name}", mode))
+    except DataVersionError:
+        raise
+    except Exception as exc:
+        raise unreadable(exc) from exc
 
 
 def data_version(repo: str | Path, rev: str | None = None, dvc_file: str = DATA_DVC) -> str:
     """The md5 that ``data.dvc`` records for the data folder (at ``rev``, or in the work tree)."""
     if rev or not Path(repo).is_dir():  # a revision or a remote repo (git URL): read it through DVC
-        from dvc.api import DVCFileSystem
-
         try:
-            with DVCFileSystem(str(repo), rev=rev or None).open(dvc_file, "r") as fh:
+            with dvc_filesystem(str(repo), rev).open(dvc_file, "r") as fh:
                 text = fh.read()
         except Exception as exc:  # dvc/scmrepo raise many types for a bad repo or revision
             raise DataVersionError(f"cannot read {dvc_file} from {repo} at revision {rev!r}: {exc}") from exc

@@ -10,7 +10,8 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any
 
-STAGES = ("curation", "split", "selection", "labelling", "training", "distillation", "evaluation")
+STAGES = ("curation", "curation_step", "split", "selection", "labelling", "training", "distillation", "dataset_distillation",
+          "evaluation")
 
 
 class UnknownMethodError(KeyError):
@@ -32,6 +33,8 @@ class Method:
         target: ``"module:attr"`` of the method code (plain Python, CPU-testable).
         component: ``"module:attr"`` of its KFP component (a thin adapter).
         defaults: default parameters; a config's ``params`` override them key by key.
+        standalone: the component is not a pipeline stage's slot (its inputs differ, e.g. the
+            backdoor audit of a distilled dataset): it runs on its own, and a config cannot name it.
     """
 
     stage: str
@@ -41,6 +44,7 @@ class Method:
     target: str
     component: str
     defaults: dict[str, Any] = field(default_factory=dict)
+    standalone: bool = False
 
     def load(self) -> Any:
         return _import(self.target)
@@ -60,8 +64,9 @@ class Method:
         return {**self.defaults, **params}
 
 
-_VERBS = {"curation": "curate", "split": "split", "selection": "select", "labelling": "label",
-          "training": "train", "distillation": "distil", "evaluation": "evaluate"}
+_VERBS = {"curation": "curate", "curation_step": "curate", "split": "split", "selection": "select", "labelling": "label",
+          "training": "train", "distillation": "distil", "dataset_distillation": "distil-data",
+          "evaluation": "evaluate"}
 
 
 def task_name(stage: str, method: str, round_index: int | None = None) -> str:
@@ -76,8 +81,10 @@ def _import(path: str) -> Any:
 
 
 def _stage_methods(stage: str) -> list[Method]:
-    # annotators live beside the selection strategies, splitting beside curation
-    package = {"labelling": "selection", "split": "curation"}.get(stage, stage)
+    # annotators live beside the selection strategies; splitting and curation steps beside curation;
+    # dataset distillation beside (model) distillation
+    package = {"labelling": "selection", "split": "curation", "curation_step": "curation",
+               "dataset_distillation": "distillation"}.get(stage, stage)
     return [m for m in importlib.import_module(f"components.{package}").METHODS if m.stage == stage]
 
 

@@ -79,9 +79,7 @@ def parent_run_id(ctx: RunContext) -> str:
     found = _parent_runs(client, experiment_id, ctx.run_key)
     if found:
         return found[0].info.run_id
-    data = ctx.data
-    note = (f"Pipeline `{ctx.config.get('name')}` on `{data['path']}` (data version "
-            f"`{ctx.data_version[:12]}`, git `{ctx.git_commit[:10]}`): running.")
+    note = pipeline_note(ctx, "running.")
     run = client.create_run(experiment_id, run_name=f"{ctx.config.get('name', 'pipeline')}-{ctx.run_key[:8]}",
                             tags={**ctx.tags(), ROLE: "pipeline", NOTE: note})
     client.log_dict(run.info.run_id, ctx.config, "config.yaml")
@@ -111,32 +109,63 @@ def _flatten(tree: dict, prefix: str = "") -> dict[str, str]:
     return flat
 
 
+def pipeline_note(ctx: RunContext, state: str) -> str:
+    """The parent run's description: which config ran on which data version, and how it ended."""
+    about = ctx.config.get("description")
+    return (f"Pipeline `{ctx.config.get('name')}` on `{ctx.data['path']}` (data version "
+            f"`{ctx.data_version[:12]}`, git `{ctx.git_commit[:10]}`): {state}"
+            + (f" Config: {about}." if about else ""))
+
+
+def task_note(what: str, run, seconds: float | None = None) -> str:
+    """A task run's description in one line: what it did and what came out, e.g. "Training with
+    `small_cnn`: <summary>. Result: test_accuracy 0.485, labels 100; 1.9 s." Results are the run's
+    metrics and the tags its body set (``promotion``, ...), so no task has to write its own."""
+    metrics = {k: v for k, v in run.data.metrics.items() if "/" not in k and k != "work_seconds"}
+    own_tags = {k: v for k, v in run.data.tags.items()
+                if not k.startswith(("mlflow.", "distillery.")) and len(v) <= 200}
+    results = [f"{k} {_number(v)}" for k, v in list(metrics.items())[:8]] + [f"{k}: {v}" for k, v in own_tags.items()]
+    return (f"{what}." + (f" Result: {', '.join(results)}" if results else "")
+            + (f"; {seconds:.1f} s." if seconds is not None else "."))
+
+
+def _number(value: float) -> str:
+    """Counts as integers (409034, not 4.09e+05), measurements to 4 significant digits."""
+    return str(int(value)) if float(value).is_integer() and abs(value) < 1e15 else f"{value:.4g}"
+
+
 @contextmanager
-def task_run(ctx: RunContext, task: str, params: dict[str, Any]) -> Iterator[Any]:
+def task_run(ctx: RunContext, task: str, params: dict[str, Any], what: str = "") -> Iterator[Any]:
     """A nested MLflow run for one task; the body's wall time is logged as ``work_seconds``.
 
-    On an exception the nested run and the parent run are marked FAILED (the parent's
-    description names the task and error), then the exception propagates so the task fails.
+    ``what`` says in words what the task does; the run's description (the MLflow UI shows it)
+    is that line, then the run's results once it ends. On an exception the nested run and the
+    parent run are marked FAILED (both descriptions name the task and error), then the
+    exception propagates so the task fails.
     """
     import mlflow
 
+    what = what or f"Task `{task}`"
     parent = parent_run_id(ctx)
     client = mlflow.MlflowClient(ctx.tracking_uri)
     run = mlflow.start_run(run_name=task, parent_run_id=parent,
                            experiment_id=client.get_run(parent).info.experiment_id,
-                           tags={**ctx.tags(), ROLE: "task", "distillery.task": task})
+                           tags={**ctx.tags(), ROLE: "task", "distillery.task": task, NOTE: f"{what}. Running."})
     mlflow.log_params({k: str(v)[:6000] for k, v in params.items()})
     started = time.perf_counter()
     try:
         yield run
     except BaseException as exc:
+        client.set_tag(run.info.run_id, NOTE, f"{what}. FAILED: {type(exc).__name__}: {exc}")
         mlflow.end_run("FAILED")
         client.set_tag(parent, "distillery.failed_task", task)
         client.set_tag(parent, NOTE, f"Pipeline `{ctx.config.get('name')}` FAILED at task `{task}`: "
                                      f"{type(exc).__name__}: {exc}")
         client.set_terminated(parent, "FAILED")
         raise
-    mlflow.log_metric("work_seconds", time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    mlflow.log_metric("work_seconds", seconds)
+    client.set_tag(run.info.run_id, NOTE, task_note(what, client.get_run(run.info.run_id), seconds))
     mlflow.end_run("FINISHED")
 
 
@@ -144,9 +173,7 @@ def finish_parent(ctx: RunContext, outcome: str) -> None:
     """Mark the parent run FINISHED with a description of the outcome."""
     client, _ = _client(ctx)
     parent = parent_run_id(ctx)
-    data = ctx.data
-    client.set_tag(parent, NOTE, f"Pipeline `{ctx.config.get('name')}` on `{data['path']}` (data version "
-                                 f"`{ctx.data_version[:12]}`, git `{ctx.git_commit[:10]}`): {outcome}")
+    client.set_tag(parent, NOTE, pipeline_note(ctx, outcome))
     client.set_terminated(parent, "FINISHED")
 
 
@@ -169,5 +196,6 @@ def method_task(stage: str, method: str, context: str, run_key: str, params: str
     ctx.run_key = run_key
     entry = registry.get(stage, method)
     resolved = entry.resolve_params(json.loads(params or "{}"))
-    with task_run(ctx, registry.task_name(stage, method, round_index), {"method": method, **resolved}):
+    what = f"{stage.replace('_', ' ').capitalize()} with `{method}`: {entry.summary.rstrip('.')}"
+    with task_run(ctx, registry.task_name(stage, method, round_index), {"method": method, **resolved}, what):
         yield ctx, entry, resolved

@@ -11,7 +11,7 @@ import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
-from pipelines.config import DEFAULT_CONFIG, ConfigError, load_config, task_names
+from pipelines.config import DEFAULT_CONFIG, RETRAINING_CONFIG, ConfigError, load_config, task_names
 
 DEFAULT_CLUSTER_TRACKING_URI = "http://mlflow.distillery.svc.cluster.local:5000"
 _CRON_FIELD = re.compile(r"^[\d*/,\-?LW#A-Za-z]+$")
@@ -30,23 +30,24 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="distillery", description=__doc__)
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
-    def command(name: str, handler, help: str, config: bool = False) -> argparse.ArgumentParser:
+    def command(name: str, handler, help: str, config: Path | None = None) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help)
         p.set_defaults(handler=handler)
         if config:
-            p.add_argument("--config", default=str(DEFAULT_CONFIG), help="pipeline config YAML (default: %(default)s)")
+            p.add_argument("--config", default=str(config), help="pipeline config YAML (default: %(default)s)")
         return p
 
     p = command("methods", cmd_methods, "list every registered method with its stage and paper")
     p.add_argument("--stage", help="only this stage")
-    command("run", cmd_run, "run the pipeline for real on this machine (kfp.local, SubprocessRunner)", config=True)
-    p = command("compile", cmd_compile, "write the pipeline spec YAML for a KFP cluster", config=True)
+    command("run", cmd_run, "run the pipeline for real on this machine (kfp.local, SubprocessRunner)", config=DEFAULT_CONFIG)
+    p = command("compile", cmd_compile, "write the pipeline spec YAML for a KFP cluster", config=DEFAULT_CONFIG)
     p.add_argument("--output", help="spec file (default: pipelines/compiled/<config name>.yaml)")
     _cluster_options(p, host=False)
-    p = command("submit", cmd_submit, "submit one run to a KFP server", config=True)
+    p = command("submit", cmd_submit, "submit one run to a KFP server", config=DEFAULT_CONFIG)
     _cluster_options(p)
     p.add_argument("--run-name", help="run name (default: the config name)")
-    p = command("schedule", cmd_schedule, "create a recurring run on a KFP server", config=True)
+    p = command("schedule", cmd_schedule, "create a recurring run of the retraining pipeline on a KFP server",
+                config=RETRAINING_CONFIG)
     _cluster_options(p)
     p.add_argument("--cron", required=True, help='6-field cron with seconds, in UTC, e.g. "0 0 3 * * *"')
     p.add_argument("--name", help="recurring run name (default: <config name>-scheduled)")
@@ -62,6 +63,27 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--name", required=True, help="dataset name (folder under data/)")
     p.add_argument("--label-column", default="label", help="label column of a table (default: %(default)s)")
     p.add_argument("--replace", action="store_true", help="make a new version of an existing dataset")
+    p = data.add_parser("distil", help="distil a dataset into a few synthetic images per class (distribution "
+                                       "matching) and version them with DVC as a new folder")
+    p.set_defaults(handler=cmd_data_distil)
+    p.add_argument("--source", required=True, help="dataset folder to distil, e.g. data/mnist")
+    p.add_argument("--ipc", type=int, required=True, help="synthetic images per class, e.g. 10")
+    p.add_argument("--target", required=True, help="new dataset folder, e.g. data/mnist-dm10")
+    p.add_argument("--iterations", type=int, default=1000, help="distribution-matching iterations (default: %(default)s)")
+    p.add_argument("--batch-real", type=int, default=256, help="real images per class per iteration (default: %(default)s)")
+    p.add_argument("--width", type=int, default=128, help="channels of the random ConvNet (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--replace", action="store_true", help="make a new version of an existing target")
+    p = data.add_parser("curate", help="run a curation step (`distillery methods --stage curation_step`) on a "
+                                       "dataset version and version the result with DVC as a new folder")
+    p.set_defaults(handler=cmd_data_curate)
+    p.add_argument("--method", required=True, help="curation step, e.g. quality_filter, consensus, info_gain, ppp")
+    p.add_argument("--params", default="{}", help='step parameters as JSON, e.g. \'{"k": 10}\' (default: the step\'s)')
+    p.add_argument("--source", required=True, help="dataset folder to curate, e.g. data/mnist")
+    p.add_argument("--rev", help="git revision of the source data version (default: the work tree)")
+    p.add_argument("--target", required=True, help="new dataset folder, e.g. data/mnist-consensus")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--replace", action="store_true", help="make a new version of an existing target")
     labels = sub.add_parser("labels", help="human labels with Label Studio (DVC-versioned label sets)") \
         .add_subparsers(required=True, metavar="ACTION")
     p = labels.add_parser("export", help="write selected items as a Label Studio task file + labelling config")
@@ -84,6 +106,12 @@ def _cluster_options(p: argparse.ArgumentParser, host: bool = True) -> None:
     if host:
         p.add_argument("--host", required=True, help="KFP API endpoint, e.g. https://kubeflow.example.com/pipeline")
         p.add_argument("--experiment", default="distillery", help="KFP experiment (default: %(default)s)")
+        k8s = p.add_argument_group("Secrets preflight (before anything is submitted)")
+        k8s.add_argument("--namespace", default="distillery", help="namespace the run's pods use (default: %(default)s)")
+        k8s.add_argument("--kube-context", help="kubeconfig context of that cluster (default: the current one)")
+        k8s.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG or ~/.kube/config)")
+        k8s.add_argument("--check-secrets", action=argparse.BooleanOptionalAction, default=None,
+                         help="check the Secrets the pods read exist (default: on when a kube context is available)")
     p.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_CLUSTER_TRACKING_URI),
                    help="MLflow server the cluster's tasks log to (default: $MLFLOW_TRACKING_URI or %(default)s)")
 
@@ -171,11 +199,32 @@ def compile_spec(config: dict, output: Path, tracking_uri: str) -> Path:
     from pipelines.runtime import project_root, run_context
 
     check_cluster_tracking_uri(tracking_uri)
-    ctx = run_context(config, project_root(), resolve_repo=False)
+    root = project_root()
+    check_cluster_placement(config, root)
+    ctx = run_context(config, root, resolve_repo=False)
     ctx.tracking_uri, ctx.artifact_location, ctx.launch_id = tracking_uri, None, ""
     output.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(build_pipeline(config, ctx.to_json()), str(output))
+    compiler.Compiler().compile(build_pipeline(config, ctx.to_json(), for_cluster=True), str(output))
     return output
+
+
+def check_cluster_placement(config: dict, root: Path) -> None:
+    """GPU tasks must fit the quota of the overlay the config says is deployed (compile time)."""
+    from pipelines.cluster import check_gpu_quota, render_overlay
+
+    cluster = config.get("cluster") or {}
+    if not cluster.get("overlay") or not cluster.get("gpu"):
+        return
+    import shutil
+
+    if shutil.which("kubectl") is None:
+        print(f"warning: kubectl is not installed, so the GPU quota of {cluster['overlay']} was not checked",
+              file=sys.stderr)
+        return
+    try:
+        check_gpu_quota(cluster, render_overlay(cluster["overlay"], root))
+    except ValueError as exc:
+        raise ConfigError(f"{config['name']}: cluster: {exc}") from None
 
 
 def cmd_compile(args) -> None:
@@ -209,15 +258,42 @@ def kfp_api(host: str):
         raise RuntimeError(f"cannot reach the KFP API at {host}: {exc}") from exc
 
 
+def check_cluster_secrets(args, config: dict) -> None:
+    """Every Secret the run's pods read (training templates, the config's ``cluster`` section)
+    exists in ``--namespace``, checked through the kubeconfig before anything is submitted."""
+    from components.training import launcher
+
+    explicit = bool(args.kube_context or args.kubeconfig)
+    if args.check_secrets is False or (args.check_secrets is None and not explicit
+                                       and not launcher.kube_context_available()):
+        if args.check_secrets is None:
+            print("note: no kube context, so the cluster's Secrets were not checked (--kube-context/--kubeconfig)",
+                  file=sys.stderr)
+        return
+    cluster = config.get("cluster") or {}
+    names = sorted({*launcher.required_secrets(), *(cluster[k] for k in ("mlflow_secret", "dvc_secret") if cluster.get(k))})
+    with launcher.connect(args.kube_context, args.kubeconfig) as api:
+        launcher.check_secrets(api, args.namespace, names)
+    print(f"Secrets {', '.join(names)} exist in namespace {args.namespace!r}")
+
+
 def cmd_submit(args) -> None:
     config = _cluster_config(args)
+    check_cluster_secrets(args, config)
     with tempfile.TemporaryDirectory() as tmp:
         package = compile_spec(config, Path(tmp) / "pipeline.yaml", args.tracking_uri)
         with kfp_api(args.host) as client:
             result = client.create_run_from_pipeline_package(
                 str(package), arguments={}, run_name=args.run_name or config["name"],
-                experiment_name=args.experiment, enable_caching=False)
+                experiment_name=args.experiment, enable_caching=False, service_account=_service_account(config))
     print(f"Submitted run {result.run_id} to {args.host}")
+
+
+def _service_account(config: dict) -> str:
+    """Pipeline pods run as this account (k8s/base/rbac.yaml grants it least privilege)."""
+    from pipelines.cluster import DEFAULTS
+
+    return (config.get("cluster") or DEFAULTS)["service_account"]
 
 
 def validate_cron(cron: str) -> str:
@@ -232,6 +308,10 @@ def validate_cron(cron: str) -> str:
 def cmd_schedule(args) -> None:
     cron = validate_cron(args.cron)
     config = _cluster_config(args)
+    if config["pipeline"] != "retraining":
+        raise ConfigError(f"{args.config} describes a {config['pipeline']} pipeline; scheduled runs retrain: "
+                          f"use a config with `pipeline: retraining` (e.g. {RETRAINING_CONFIG})")
+    check_cluster_secrets(args, config)
     with tempfile.TemporaryDirectory() as tmp:
         package = compile_spec(config, Path(tmp) / "pipeline.yaml", args.tracking_uri)
         with kfp_api(args.host) as client:
@@ -239,7 +319,8 @@ def cmd_schedule(args) -> None:
             job = client.create_recurring_run(
                 experiment_id=experiment.experiment_id, job_name=args.name or f"{config['name']}-scheduled",
                 description=f"Scheduled retraining: {config.get('description', '')}", cron_expression=cron,
-                pipeline_package_path=str(package), max_concurrency=1, no_catchup=True, enable_caching=False)
+                pipeline_package_path=str(package), max_concurrency=1, no_catchup=True, enable_caching=False,
+                service_account=_service_account(config))
     print(f"Scheduled {job.recurring_run_id} on {args.host}: cron {cron!r} (UTC), max concurrency 1, no catch-up")
 
 
@@ -264,6 +345,21 @@ def cmd_data_add(args) -> None:
     from pipelines.runtime import project_root
 
     add_dataset(project_root(), args.source, args.name, args.label_column, args.replace)
+
+
+def cmd_data_curate(args) -> None:
+    from pipelines.data import curate_data
+    from pipelines.runtime import project_root
+
+    curate_data(project_root(), args.method, args.params, args.source, args.target, args.rev, args.replace, args.seed)
+
+
+def cmd_data_distil(args) -> None:
+    from pipelines.data import distil_data
+    from pipelines.runtime import project_root
+
+    distil_data(project_root(), args.source, args.target, args.ipc, args.replace, iterations=args.iterations,
+                batch_real=args.batch_real, width=args.width, seed=args.seed)
 
 
 def cmd_labels_import(args) -> None:

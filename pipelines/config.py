@@ -15,10 +15,21 @@ import yaml
 from components import registry
 
 PIPELINE_STAGES = ("curation", "split", "selection", "labelling", "training", "distillation", "evaluation")
-TOP_LEVEL = {"name", "description", "seed", "experiment", "data", *PIPELINE_STAGES}
+# The two pipelines a config can describe (top-level key `pipeline`):
+#  - active_learning: curate -> split -> train -> R x [select -> label -> train] -> distil -> evaluate
+#  - retraining (scheduled): check drift/new labels -> curate -> split -> train -> distil -> evaluate/gate
+KIND_STAGES = {
+    "active_learning": PIPELINE_STAGES,
+    "retraining": ("curation", "split", "training", "distillation", "evaluation"),
+}
+TOP_LEVEL = {"name", "description", "seed", "experiment", "data", "pipeline", "retraining", "cluster",
+             *PIPELINE_STAGES}
 STAGE_KEYS = {"method", "params"}
-EXTRA_STAGE_KEYS = {"selection": {"rounds", "batch_size"}}
+EXTRA_STAGE_KEYS = {"selection": {"rounds", "batch_size"}, "curation": {"steps"}}
+# When a scheduled run retrains (see components/evaluation/retraining.py).
+RETRAINING_DEFAULTS = {"min_new_labels": 100, "drift_alpha": 0.01, "retrain_on_drift": True}
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.yaml"
+RETRAINING_CONFIG = Path(__file__).parent / "configs" / "retraining.yaml"
 
 
 class ConfigError(ValueError):
@@ -41,7 +52,7 @@ def validate_config(raw: Any, source: str = "config") -> dict[str, Any]:
         raise ConfigError(f"{source}: expected a mapping at the top level")
     config = copy.deepcopy(raw)
     _no_unknown(config, TOP_LEVEL, source)
-    for key in ("name", "data", *PIPELINE_STAGES):
+    for key in ("name", "data"):
         if key not in config:
             raise ConfigError(f"{source}: missing required key {key!r}")
     config.setdefault("seed", 0)
@@ -55,23 +66,89 @@ def validate_config(raw: Any, source: str = "config") -> dict[str, Any]:
     _no_unknown(data, {"repo", "path", "rev"}, f"{source}: data")
     data.setdefault("repo", ".")
     data.setdefault("rev", None)
+    kind = config.setdefault("pipeline", "active_learning")
+    if kind not in KIND_STAGES:
+        raise ConfigError(f"{source}: pipeline must be one of {sorted(KIND_STAGES)}, got {kind!r}")
+    stages = KIND_STAGES[kind]
     for stage in PIPELINE_STAGES:
+        if stage in config and stage not in stages:
+            raise ConfigError(f"{source}: a {kind} pipeline has no {stage!r} stage; its stages are {list(stages)}")
+    for stage in stages:
+        if stage not in config:
+            raise ConfigError(f"{source}: missing required key {stage!r}")
         section = config[stage]
         where = f"{source}: {stage}"
         if not isinstance(section, dict) or "method" not in section:
             raise ConfigError(f"{where}: needs a 'method'")
         _no_unknown(section, STAGE_KEYS | EXTRA_STAGE_KEYS.get(stage, set()), where)
+        section["params"] = _resolve(stage, section, where)
+    config["curation"]["steps"] = _curation_steps(config["curation"].get("steps"), f"{source}: curation.steps")
+    if kind == "active_learning":
+        selection = config["selection"]
+        for key, minimum in (("rounds", 0), ("batch_size", 1)):
+            value = selection.setdefault(key, {"rounds": 3, "batch_size": 100}[key])
+            if not isinstance(value, int) or value < minimum:
+                raise ConfigError(f"{source}: selection.{key} must be an integer >= {minimum}, got {value!r}")
+    if "retraining" in config and kind != "retraining":
+        raise ConfigError(f"{source}: 'retraining' settings need `pipeline: retraining`")
+    if kind == "retraining":
+        config["retraining"] = _retraining(config.get("retraining"), f"{source}: retraining")
+    evaluation = config["evaluation"]
+    if evaluation["method"] == "classification":  # a gate naming a metric nobody computes fails here
+        from components.evaluation.gate import validate_config_gate
+
         try:
-            method = registry.get(stage, section["method"])
-            section["params"] = method.resolve_params(section.get("params"))
-        except (registry.UnknownMethodError, ValueError) as exc:
-            raise ConfigError(f"{where}: {exc}") from None
-    selection = config["selection"]
-    for key, minimum in (("rounds", 0), ("batch_size", 1)):
-        value = selection.setdefault(key, {"rounds": 3, "batch_size": 100}[key])
-        if not isinstance(value, int) or value < minimum:
-            raise ConfigError(f"{source}: selection.{key} must be an integer >= {minimum}, got {value!r}")
+            evaluation["params"]["gate"] = validate_config_gate(evaluation["params"]["gate"])
+        except ValueError as exc:
+            raise ConfigError(f"{source}: evaluation.params.gate: {exc}") from None
+    if "cluster" in config:
+        from pipelines.cluster import ClusterConfigError, validate_cluster
+
+        try:
+            config["cluster"] = validate_cluster(config["cluster"], stages)
+        except ClusterConfigError as exc:
+            raise ConfigError(f"{source}: cluster: {exc}") from None
     return config
+
+
+def _resolve(stage: str, section: dict, where: str) -> dict[str, Any]:
+    try:
+        method = registry.get(stage, section["method"])
+        params = method.resolve_params(section.get("params"))
+    except (registry.UnknownMethodError, ValueError) as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    if method.standalone:
+        raise ConfigError(f"{where}: {stage} method {method.name!r} is a standalone component ({method.component}), "
+                          "not a pipeline step; run it on its own")
+    return params
+
+
+def _curation_steps(steps: Any, where: str) -> list[dict[str, Any]]:
+    """Curation steps run in order after the validating loader (e.g. quality filtering)."""
+    if steps is None:
+        return []
+    if not isinstance(steps, list):
+        raise ConfigError(f"{where}: expected a list of {{method, params}}, got {type(steps).__name__}")
+    resolved = []
+    for i, step in enumerate(steps):
+        if not isinstance(step, dict) or "method" not in step:
+            raise ConfigError(f"{where}[{i}]: needs a 'method'")
+        _no_unknown(step, STAGE_KEYS, f"{where}[{i}]")
+        resolved.append({"method": step["method"], "params": _resolve("curation_step", step, f"{where}[{i}]")})
+    return resolved
+
+
+def _retraining(section: Any, where: str) -> dict[str, Any]:
+    section = dict(section or {})
+    _no_unknown(section, set(RETRAINING_DEFAULTS), where)
+    merged = {**RETRAINING_DEFAULTS, **section}
+    if not isinstance(merged["min_new_labels"], int) or merged["min_new_labels"] < 1:
+        raise ConfigError(f"{where}: min_new_labels must be an integer >= 1, got {merged['min_new_labels']!r}")
+    if not 0 < float(merged["drift_alpha"]) < 1:
+        raise ConfigError(f"{where}: drift_alpha must be in (0, 1), got {merged['drift_alpha']!r}")
+    if not isinstance(merged["retrain_on_drift"], bool):
+        raise ConfigError(f"{where}: retrain_on_drift must be true or false")
+    return merged
 
 
 def _no_unknown(section: dict, allowed: set[str], where: str) -> None:
@@ -81,11 +158,19 @@ def _no_unknown(section: dict, allowed: set[str], where: str) -> None:
 
 
 def task_names(config: dict[str, Any]) -> list[str]:
-    """The tasks a config's pipeline runs, in order (one per component invocation)."""
+    """The tasks a config's pipeline runs, in order (one per component invocation). A retraining
+    run that finds nothing new stops after its first task."""
     def name(stage: str, round_index: int | None = None) -> str:
         return registry.task_name(stage, config[stage]["method"], round_index)
 
-    names = [name("curation"), name("split"), name("training", 0)]
+    curation = [name("curation")] + [registry.task_name("curation_step", s["method"]) for s in config["curation"]["steps"]]
+    if config["pipeline"] == "retraining":
+        return [RETRAINING_CHECK_TASK, *curation, name("split"), name("training", 0), name("distillation"),
+                name("evaluation")]
+    names = [*curation, name("split"), name("training", 0)]
     for r in range(1, config["selection"]["rounds"] + 1):
         names += [name("selection", r), name("labelling", r), name("training", r)]
     return names + [name("distillation"), name("evaluation")]
+
+
+RETRAINING_CHECK_TASK = "check-retraining"

@@ -187,3 +187,116 @@ def publish(root: Path, target: Path, write: Callable[[Path], None]) -> None:
                                "run `dvc push` once the remote is reachable") from exc
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def distil_data(root: Path, source: str, target: str, ipc: int, replace: bool = False,
+                log=print, **dm_params) -> Path:
+    """`distillery data distil`: distil the dataset folder ``source`` (e.g. ``data/mnist``) into ``ipc``
+    synthetic images per class by distribution matching and version them with DVC at ``target``
+    (e.g. ``data/mnist-dm10``); returns the new folder.
+
+    Every argument is checked, and ``data/`` must match ``data.dvc``, before the distillation runs;
+    the result enters ``data/`` only through :func:`publish`, so a failure leaves ``data.dvc`` and
+    every existing version as they were. ``dm_params`` go to
+    :func:`components.distillation.dataset_dm.distil_dataset`.
+    """
+    folder = (root / target).resolve()
+    data_dir = (root / "data").resolve()
+    if folder.parent != data_dir or not folder.name.replace("-", "").replace("_", "").isalnum():
+        raise ValueError(f"target {target!r} must be a folder data/<name> with letters, digits, '-' and '_' only")
+    if folder.name == LABELS:
+        raise ValueError(f"target {target!r} is reserved for label sets")
+    if folder == (root / source).resolve():
+        raise ValueError(f"target {target!r} is the source itself; distil into a new folder")
+    if folder.exists() and not replace:
+        raise FileExistsError(f"{folder} already exists; pass --replace to make a new version of it")
+    if not is_up_to_date(root):
+        raise RuntimeError(f"data/ does not match {DATA_DVC} (see `dvc status`): commit or undo those changes first")
+    from components.datasets import LabelledData, read_dataset
+    from components.distillation.dataset_dm import distil_dataset  # torch: only once the cheap checks passed
+
+    features, labels, meta = read_dataset(str(root), source)
+    data = LabelledData(features, labels, np.arange(len(labels)), meta)
+    iterations = dm_params.get("iterations", 1000)
+
+    def on_iteration(iteration: int, loss: float) -> None:
+        if (iteration + 1) % max(1, iterations // 20) == 0 or iteration + 1 == iterations:
+            log(f"distribution matching iteration {iteration + 1}/{iterations}: loss {loss:.4f}")
+
+    log(f"distilling {source} ({len(labels)} items, version {data_version(root)[:12]}) into {ipc} images per class")
+    distilled = distil_dataset(data, ipc, name=folder.name, on_iteration=on_iteration,
+                               source=f"{source} (data version {data_version(root)})", **dm_params)
+    publish(root, folder, lambda staging: write_dataset(staging, distilled.features, distilled.labels, distilled.meta))
+    log(f"published {len(distilled.labels)} synthetic images as {folder.relative_to(root.resolve())}; versioned in "
+        f"{DATA_DVC} (commit it: git add {DATA_DVC} && git commit)")
+    return folder
+
+
+def curate_data(root: Path, method: str, params: str | None, source: str, target: str, rev: str | None = None,
+                replace: bool = False, seed: int = 0, log=print) -> Path:
+    """`distillery data curate`: run the curation step ``method`` (registry stage ``curation_step``)
+    on the dataset folder ``source`` at git revision ``rev`` (default: the work tree) and version
+    the result with DVC at ``target``; returns the new folder.
+
+    The method, its parameters (JSON) and the target are checked, and ``data/`` must match
+    ``data.dvc``, before the step runs; the result passes the Great Expectations suite and enters
+    ``data/`` only through :func:`publish`, so a failure leaves ``data.dvc`` and every existing
+    version as they were. The new ``dataset.json`` carries the step's provenance record and
+    ``curated_from`` (source folder, revision and the data version ``data.dvc`` records there).
+    """
+    import json
+
+    from components import registry
+    from components.curation.provenance import apply_step
+    from components.curation.validation import validate
+    from components.datasets import LabelledData, read_dataset
+    from components.tracking import RunContext
+
+    folder = (root / target).resolve()
+    if folder.parent != (root / "data").resolve() or not folder.name.replace("-", "").replace("_", "").isalnum():
+        raise ValueError(f"--target {target!r} must be a folder data/<name> with letters, digits, '-' and '_' only")
+    if folder.name == LABELS:
+        raise ValueError(f"--target {target!r} is reserved for label sets")
+    if folder == (root / source).resolve() and not rev:
+        raise ValueError(f"--target {target!r} is the source itself; curate into a new folder")
+    if folder.exists() and not replace:
+        raise FileExistsError(f"{folder} already exists; pass --replace to make a new version of it")
+    try:
+        entry = registry.get("curation_step", method)
+        parsed = json.loads(params or "{}")
+    except registry.UnknownMethodError as exc:
+        raise ValueError(str(exc)) from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--params is not valid JSON: {exc}") from None
+    if not isinstance(parsed, dict):
+        raise ValueError(f"--params must be a JSON object, got {params!r}")
+    entry.resolve_params(parsed)  # unknown keys: an error before any work
+    if not is_up_to_date(root):
+        raise RuntimeError(f"data/ does not match {DATA_DVC} (see `dvc status`): commit or undo those changes first")
+    version = data_version(root, rev)
+    features, labels, meta = read_dataset(str(root), source, rev)
+    rows = features.reshape(len(features), -1)
+    data = LabelledData(rows, labels.astype(np.int64), np.arange(len(labels)), meta)
+    context = RunContext(tracking_uri="", experiment="", git_commit="", data_version=version,
+                         config={"seed": seed, "data": {"repo": str(root), "path": source, "rev": rev}})
+    log(f"curating {source} @ {rev or 'work tree'} (data version {version[:12]}, {len(labels)} items) with {method}")
+    result = apply_step(method, data, parsed, seed=seed, context=context)
+    curated = result.data
+    meta = {**curated.meta, "name": folder.name, "curated_from": {"path": source, "rev": rev, "data_version": version}}
+    validate(curated.features, curated.labels, meta)
+    for name, value in result.stats.items():
+        log(f"  {name}: {value}")
+    _close_figures(result.artifacts)
+    publish(root, folder, lambda staging: write_dataset(staging, curated.features, curated.labels, meta))
+    log(f"published {len(curated.labels)} items as {folder.relative_to(root.resolve())}; versioned in {DATA_DVC} "
+        f"(commit it: git add {DATA_DVC} && git commit)")
+    return folder
+
+
+def _close_figures(artifacts: dict) -> None:
+    """The CLI logs no figures: close the step's matplotlib figures."""
+    import matplotlib.pyplot as plt
+
+    for artifact in artifacts.values():
+        if not isinstance(artifact, (dict, list)):
+            plt.close(artifact)

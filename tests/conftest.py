@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -59,6 +60,30 @@ def run_cli(repo: Path, *args: str, env: dict | None = None, timeout: int = 600)
                           capture_output=True, text=True, timeout=timeout)
 
 
+@dataclass
+class PipelineRun:
+    """What one real ``distillery run`` left: its data repository, MLflow store and CLI output."""
+
+    repo: Path
+    store: str  # tracking URI (SQLite; artifacts in ``mlartifacts/`` beside the database)
+    result: subprocess.CompletedProcess
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tmp_path_factory) -> PipelineRun:
+    """One real run of ``tests/configs/tiny.yaml`` (kfp.local, SQLite MLflow store, DVC data),
+    shared by the test files that inspect what a pipeline run leaves (test_pipeline_run.py,
+    test_mlflow_ui.py), so the slow pipeline runs once per session."""
+    repo = make_clone(tmp_path_factory.mktemp("tiny-clone"))
+    db = tmp_path_factory.mktemp("mlflow") / "mlflow.db"
+    db.touch()  # "an empty SQLite file", as a user would point MLFLOW_TRACKING_URI at
+    store = f"sqlite:///{db}"
+    result = run_cli(repo, "run", "--config", str(ROOT / "tests" / "configs" / "tiny.yaml"),
+                     env={"MLFLOW_TRACKING_URI": store})
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    return PipelineRun(repo, store, result)
+
+
 def task_context(store: Path, repo: Path, data_path: str = "data/mnist", name: str = "t") -> str:
     """The run context a pipeline passes its tasks, for calling a task body directly: a SQLite
     MLflow store in ``store`` and data at ``repo``'s work tree."""
@@ -82,3 +107,26 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def model_registry(tmp_path):
+    """``(client, candidate)``: an MLflow registry on SQLite in ``tmp_path``; ``candidate()`` logs a
+    tiny model in a new run and returns its URI."""
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    experiment = mlflow.create_experiment("registry", artifact_location=str(tmp_path / "artifacts"))
+    client = mlflow.MlflowClient(uri)
+
+    def candidate() -> str:
+        import torch
+
+        with mlflow.start_run(experiment_id=experiment):
+            info = mlflow.pytorch.log_model(torch.nn.Linear(2, 2), name="model", pip_requirements=["torch"],
+                                            input_example=torch.zeros(1, 2).numpy())
+        return info.model_uri
+
+    yield client, candidate
+    mlflow.set_tracking_uri(None)

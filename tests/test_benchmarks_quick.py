@@ -87,3 +87,66 @@ def _check_selection_speed(result: dict, log: str) -> None:
         assert summary["peer_seconds"] == {}
     assert all(v is None or isinstance(v, bool) for v in result["targets"].values())
     assert "floor: forward + entropy + top-k" in log and not math.isnan(summary["floor_seconds"])
+
+
+def test_quick_curation_benchmarks_write_sane_summaries(tmp_path):
+    """quality_filtering and consensus_labels ``--quick`` (about 30 s together on 2 cores)."""
+    outputs = {name: tmp_path / f"{name}.json" for name in ("quality_filtering", "consensus_labels")}
+    processes = {name: subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / f"{name}.py"), "--quick",
+                                         "--output", str(path)], cwd=ROOT, stdout=subprocess.PIPE,
+                                        stderr=subprocess.STDOUT, text=True)
+                 for name, path in outputs.items()}
+    for name, process in processes.items():
+        log, _ = process.communicate(timeout=600)
+        assert process.returncode == 0, f"{name} --quick failed:\n{log[-3000:]}"
+    quality = json.loads(outputs["quality_filtering"].read_text())
+    assert [r["budget"] for r in quality["budgets"]] == [250, 1000, 8000]
+    for row in quality["budgets"]:
+        assert len(row["predicted"]) == len(row["measured"]) == 4
+        assert all(0.0 < e < 0.9 for e in row["predicted"] + row["measured"]), row
+        assert row["predicted_pick"] in {"top1", "top2", "top3", "top4"}
+    assert all(law["b"] < 0 for law in quality["laws"])
+    assert set(quality["summary"]["choice_changes_with_budget"]) == {"predicted", "measured", "step"}
+    consensus = json.loads(outputs["consensus_labels"].read_text())["summary"]
+    assert consensus["consensus_accuracy"] > 0.9 and consensus["majority_vote_accuracy"] > 0.8
+    assert consensus["reliability"]["lazy"]["agreement_with_consensus"] < 0.2
+    assert set(consensus["reliability"]) == {"careful", "average", "hurried", "adversarial", "lazy"}
+
+
+def test_quick_distillation_benchmark_writes_the_issue_summary(tmp_path):
+    """distillation ``--quick`` with one student (about 35 s): every registered student-distillation
+    method has a row in both settings, the summary has the issue's keys, and the peer (torchdistill,
+    installed ``--no-deps``) is either run or reported as not run, never faked."""
+    from components import registry
+
+    output = tmp_path / "distillation.json"
+    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "distillation.py"), "--quick", "--students", "cnn9k",
+                          "--output", str(output)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, f"distillation --quick failed:\n{(run.stdout + run.stderr)[-3000:]}"
+    result = json.loads(output.read_text())
+    summary = result["summary"]
+    assert set(summary) == {"teacher_accuracy", "teacher_params", "students", "scarce", "peer_kd_accuracy",
+                            "peer_status", "dm_vs_random", "asr"}
+    assert 0.5 < summary["teacher_accuracy"] <= 1.0 and summary["teacher_params"] == 225_870
+    methods = {m.name for m in registry.methods("distillation")} - {"reliant"}  # RELIANT: its own section
+    assert set(summary["students"]) == methods | {"alone"}
+    for row in summary["students"].values():
+        assert 0.0 <= row["accuracy"] <= 1.0 and row["std"] >= 0 and 10 * row["params"] <= summary["teacher_params"]
+    assert set(summary["scarce"]) == {"teacher_accuracy", "students"}
+    assert set(summary["scarce"]["students"]) == methods | {"alone"}
+    assert all(0.0 <= a <= 1.0 for a in [summary["scarce"]["teacher_accuracy"], *summary["scarce"]["students"].values()])
+    if importlib.util.find_spec("torchdistill") is not None:
+        assert 0.0 <= summary["peer_kd_accuracy"] <= 1.0 and summary["peer_status"].startswith("ran: torchdistill")
+    else:
+        assert summary["peer_kd_accuracy"] is None and summary["peer_status"].startswith("not run")
+        assert result["targets"]["best_student_beats_peer_kd_by_more_than_one_std"] is None
+    assert set(summary["dm_vs_random"]) == {"10", "50"}
+    assert all(len(pair) == 2 and all(0.0 <= a <= 1.0 for a in pair) for pair in summary["dm_vs_random"].values())
+    assert set(summary["asr"]) == {"clean", "naive", "doorping"} and all(0 <= a <= 1 for a in summary["asr"].values())
+    # one epoch budget for every row: multi-stage methods split it
+    epochs, budget = result["protocol"]["epochs_per_row"], result["protocol"]["epoch_budget"]
+    assert epochs["fitnets"]["hint_epochs"] + epochs["fitnets"]["epochs"] == budget == epochs["hinton_kd"]["epochs"]
+    assert "stratified" in result["protocol"]["split"]
+    assert result["fairness"]["reliant"]["delta_sp"] and result["fairness"]["hinton_kd"]["accuracy"]
+    assert all(v is None or isinstance(v, bool) for v in result["targets"].values())
+    assert "Label-scarce: 200 labels + 800 unlabelled" in run.stdout and "ms/1,000" in run.stdout

@@ -1,27 +1,24 @@
 """`distillery submit / schedule / compile` against a recording KFP endpoint on localhost.
 
-No KFP server can run here, so a small HTTP server on 127.0.0.1 plays the KFP v2beta1 REST API:
-it records every request (method, path, query, JSON body) and answers the calls ``kfp.Client``
-makes with minimal valid JSON. Unknown paths get a 404 and stay recorded, so a client call the
-fake does not know about shows up as a failure rather than passing silently. The tests run the
-real CLI entry point, ``pipelines.cli.main``, in-process.
+No KFP server can run here, so a small HTTP server on 127.0.0.1 (``servers.RecordingServer``) plays
+the KFP v2beta1 REST API: it records every request (method, path, query, JSON body) and answers the
+calls ``kfp.Client`` makes with minimal valid JSON. Unknown paths get a 404 and stay recorded, so a
+client call the fake does not know about shows up as a failure rather than passing silently. The
+tests run the real CLI entry point, ``pipelines.cli.main``, in-process.
 """
 from __future__ import annotations
 
 import json
-import threading
-from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import yaml
 
 from components import images
 from pipelines.cli import main
-from pipelines.config import DEFAULT_CONFIG, load_config, task_names
+from pipelines.config import DEFAULT_CONFIG, RETRAINING_CONFIG, load_config, task_names
+from servers import RecordingServer, Request, serving
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 GIT_URL = "https://github.com/distillery-mlops/distillery.git"
@@ -34,58 +31,37 @@ pytestmark = pytest.mark.filterwarnings("ignore:This client only works with Kube
 # --------------------------------------------------------------------------- recording KFP server
 
 
-@dataclass
-class Request:
-    method: str
-    path: str
-    query: dict[str, list[str]]
-    body: Any
-
-
-class RecordingKFP(ThreadingHTTPServer):
+class RecordingKFP(RecordingServer):
     """Records every request; answers the v2beta1 calls ``kfp.Client`` makes."""
 
-    daemon_threads = True
-
     def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.requests: list[Request] = []
+        super().__init__()
         self.experiments: dict[str, dict] = {}
-        self._lock = threading.Lock()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
-
-    def calls(self, method: str, path: str) -> list[Request]:
-        return [r for r in self.requests if r.method == method and r.path == path]
 
     def respond(self, req: Request) -> tuple[int, dict]:
-        with self._lock:
-            self.requests.append(req)
-            if (req.method, req.path) == ("GET", f"{API}/healthz"):
-                return 200, {"multi_user": False}
-            if (req.method, req.path) == ("GET", f"{API}/experiments"):
-                wanted = _display_name_filter(req.query)
-                found = [e for e in self.experiments.values() if wanted is None or e["display_name"] == wanted]
-                return 200, {"experiments": found, "total_size": len(found)} if found else {}
-            if (req.method, req.path) == ("POST", f"{API}/experiments"):
-                experiment = {"experiment_id": f"exp-{len(self.experiments) + 1}",
-                              "display_name": req.body["display_name"],
-                              "description": req.body.get("description"), "storage_state": "AVAILABLE"}
-                self.experiments[experiment["experiment_id"]] = experiment
-                return 200, experiment
-            if req.method == "GET" and req.path.startswith(f"{API}/experiments/"):
-                experiment = self.experiments.get(req.path.rsplit("/", 1)[1])
-                return (200, experiment) if experiment else (404, {"error": "no such experiment", "code": 5})
-            if (req.method, req.path) == ("POST", f"{API}/runs"):
-                return 200, {"run_id": "run-1", "experiment_id": req.body.get("experiment_id"),
-                             "display_name": req.body.get("display_name"), "state": "PENDING"}
-            if (req.method, req.path) == ("POST", f"{API}/recurringruns"):
-                return 200, {"recurring_run_id": "rr-1", "experiment_id": req.body.get("experiment_id"),
-                             "display_name": req.body.get("display_name"), "mode": req.body.get("mode"),
-                             "status": "ENABLED"}
-            return 404, {"error": f"recording KFP server: no route for {req.method} {req.path}", "code": 5}
+        if (req.method, req.path) == ("GET", f"{API}/healthz"):
+            return 200, {"multi_user": False}
+        if (req.method, req.path) == ("GET", f"{API}/experiments"):
+            wanted = _display_name_filter(req.query)
+            found = [e for e in self.experiments.values() if wanted is None or e["display_name"] == wanted]
+            return 200, {"experiments": found, "total_size": len(found)} if found else {}
+        if (req.method, req.path) == ("POST", f"{API}/experiments"):
+            experiment = {"experiment_id": f"exp-{len(self.experiments) + 1}",
+                          "display_name": req.body["display_name"],
+                          "description": req.body.get("description"), "storage_state": "AVAILABLE"}
+            self.experiments[experiment["experiment_id"]] = experiment
+            return 200, experiment
+        if req.method == "GET" and req.path.startswith(f"{API}/experiments/"):
+            experiment = self.experiments.get(req.path.rsplit("/", 1)[1])
+            return (200, experiment) if experiment else (404, {"error": "no such experiment", "code": 5})
+        if (req.method, req.path) == ("POST", f"{API}/runs"):
+            return 200, {"run_id": "run-1", "experiment_id": req.body.get("experiment_id"),
+                         "display_name": req.body.get("display_name"), "state": "PENDING"}
+        if (req.method, req.path) == ("POST", f"{API}/recurringruns"):
+            return 200, {"recurring_run_id": "rr-1", "experiment_id": req.body.get("experiment_id"),
+                         "display_name": req.body.get("display_name"), "mode": req.body.get("mode"),
+                         "status": "ENABLED"}
+        return 404, {"error": f"recording KFP server: no route for {req.method} {req.path}", "code": 5}
 
 
 def _display_name_filter(query: dict[str, list[str]]) -> str | None:
@@ -96,45 +72,13 @@ def _display_name_filter(query: dict[str, list[str]]) -> str | None:
     return None
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server: RecordingKFP
-
-    def _handle(self) -> None:
-        url = urlsplit(self.path)
-        length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length) if length else b""
-        try:
-            body = json.loads(raw) if raw else None
-        except ValueError:
-            body = raw.decode("utf-8", "replace")
-        status, payload = self.server.respond(Request(self.command, url.path, parse_qs(url.query), body))
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
-
-    def log_message(self, format: str, *args: Any) -> None:  # keep pytest output clean
-        pass
-
-
 # --------------------------------------------------------------------------- fixtures and helpers
 
 
 @pytest.fixture
 def kfp_server():
-    server = RecordingKFP()
-    thread = threading.Thread(target=server.serve_forever, name="recording-kfp", daemon=True)
-    thread.start()
-    try:
+    with serving(RecordingKFP()) as server:
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 @pytest.fixture(autouse=True)
@@ -151,13 +95,17 @@ def isolated(monkeypatch, tmp_path):
         monkeypatch.delenv(var, raising=False)
     # --tracking-uri is always passed: the spec must carry it, not this environment value
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://env-tracking-uri-must-not-be-used:5000")
+    # No Kubernetes API of the machine (kubeconfig, in-cluster) for the Secrets preflight
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-kubeconfig"))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
 
 
-def write_config(tmp_path: Path, **data: Any) -> Path:
-    raw = yaml.safe_load(DEFAULT_CONFIG.read_text())
+def write_config(tmp_path: Path, base: Path = DEFAULT_CONFIG, **data: Any) -> Path:
+    raw = yaml.safe_load(base.read_text())
     raw["data"]["repo"] = GIT_URL
     raw["data"].update(data)
-    raw["selection"]["rounds"] = 1
+    if "selection" in raw:
+        raw["selection"]["rounds"] = 1
     path = tmp_path / "cluster.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
@@ -181,6 +129,24 @@ def assert_pipeline_matches(spec: dict, config: dict) -> None:
     assert context["config"]["data"]["repo"] == GIT_URL
     assert context["config"]["selection"]["rounds"] == 1
     assert context["launch_id"] == "" and context["artifact_location"] is None
+
+
+def assert_retraining_pipeline(spec: dict, config: dict) -> None:
+    """The check task at the top; every other task inside the condition on its output; caching off
+    everywhere (a scheduled run must re-read data and retrain)."""
+    root = spec["root"]["dag"]["tasks"]
+    assert sorted(root) == ["check-retraining", "condition-1"]
+    condition = root["condition-1"]
+    assert condition["triggerPolicy"]["condition"] == \
+        "inputs.parameter_values['pipelinechannel--check-retraining-Output'] != 'skip'"
+    inner = spec["components"][condition["componentRef"]["name"]]["dag"]["tasks"]
+    tasks = {**inner, "check-retraining": root["check-retraining"]}
+    assert sorted(t["taskInfo"]["name"] for t in tasks.values()) == sorted(task_names(config))
+    cached = [name for name, t in tasks.items() if t.get("cachingOptions", {}).get("enableCache")]
+    assert not cached, f"caching enabled on {cached}"
+    for name, task in inner.items():  # every later task reads the context the check pinned
+        context = task["inputs"]["parameters"]["context"]
+        assert context == {"componentInputParameter": "pipelinechannel--check-retraining-Output"}, name
 
 
 # --------------------------------------------------------------------------- submit / schedule
@@ -208,7 +174,7 @@ def test_submit_posts_one_run_with_the_configs_pipeline(kfp_server, tmp_path, ca
 
 
 def test_schedule_creates_a_recurring_run(kfp_server, tmp_path, capsys):
-    cfg = write_config(tmp_path)
+    cfg = write_config(tmp_path, RETRAINING_CONFIG)
     code = main(["schedule", "--host", kfp_server.url, "--config", str(cfg), "--cron", "0 0 3 * * *",
                  "--name", "nightly", "--tracking-uri", TRACKING_URI])
     out, err = capsys.readouterr()
@@ -225,8 +191,15 @@ def test_schedule_creates_a_recurring_run(kfp_server, tmp_path, capsys):
     assert job.get("mode", "ENABLE") == "ENABLE"
     assert job["display_name"] == "nightly"
     assert job["experiment_id"] in kfp_server.experiments  # an experiment the server created
-    assert_pipeline_matches(pipeline_spec_of(job), load_config(cfg))
+    assert job["service_account"] == "distillery-pipeline"
+    assert_retraining_pipeline(pipeline_spec_of(job), load_config(cfg))
     assert not kfp_server.calls("POST", f"{API}/runs"), "schedule must not also start a run"
+
+
+def test_schedule_refuses_an_active_learning_config(kfp_server, tmp_path, capsys):
+    _refused(kfp_server, capsys, ["schedule", "--host", kfp_server.url, "--config", str(write_config(tmp_path)),
+                                  "--cron", "0 0 3 * * *", "--tracking-uri", TRACKING_URI],
+             "active_learning pipeline", "pipeline: retraining")
 
 
 # --------------------------------------------------------------------------- refused before any request
@@ -263,6 +236,51 @@ def test_cluster_commands_refuse_a_local_tracking_uri(kfp_server, tmp_path, caps
              "'sqlite:///x.db'", "local store")
 
 
+# --------------------------------------------------------------------------- Secrets preflight
+
+
+@pytest.fixture
+def k8s_api(tmp_path):
+    """A fake Kubernetes API (servers.FakeKubernetes) holding the Secrets the cluster needs, and a
+    kubeconfig for it: (server, kubeconfig path)."""
+    from servers import FakeKubernetes
+
+    with serving(FakeKubernetes()) as server:
+        server.add_secret("distillery", "mlflow-client", username="distillery-pipeline", password="pw")
+        server.add_secret("distillery", "dvc-s3", **{"access-key-id": "a", "secret-access-key": "s"})
+        yield server, server.kubeconfig(tmp_path / "kubeconfig")
+
+
+def test_submit_checks_the_secrets_through_the_kubeconfig_first(kfp_server, k8s_api, tmp_path, capsys):
+    k8s, kubeconfig = k8s_api
+    code = main(["submit", "--host", kfp_server.url, "--config", str(write_config(tmp_path)),
+                 "--tracking-uri", TRACKING_URI, "--kubeconfig", str(kubeconfig)])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "Secrets dvc-s3, mlflow-client exist in namespace 'distillery'" in out
+    assert sorted(r.path for r in k8s.requests) == ["/api/v1/namespaces/distillery/secrets/dvc-s3",
+                                                    "/api/v1/namespaces/distillery/secrets/mlflow-client"]
+    assert len(kfp_server.calls("POST", f"{API}/runs")) == 1
+
+
+def test_a_missing_secret_stops_submit_before_the_kfp_server_is_contacted(kfp_server, k8s_api, tmp_path, capsys):
+    k8s, kubeconfig = k8s_api
+    del k8s.secrets[("distillery", "dvc-s3")]
+    _refused(kfp_server, capsys, ["submit", "--host", kfp_server.url, "--config", str(write_config(tmp_path)),
+                                  "--tracking-uri", TRACKING_URI, "--kubeconfig", str(kubeconfig)],
+             "Secret(s) dvc-s3 missing in namespace 'distillery'")
+    assert k8s.posts() == []
+
+
+def test_no_check_secrets_skips_the_preflight(kfp_server, k8s_api, tmp_path, capsys):
+    k8s, kubeconfig = k8s_api
+    k8s.secrets.clear()
+    code = main(["submit", "--host", kfp_server.url, "--config", str(write_config(tmp_path)),
+                 "--tracking-uri", TRACKING_URI, "--kubeconfig", str(kubeconfig), "--no-check-secrets"])
+    assert code == 0, capsys.readouterr().err
+    assert k8s.requests == []
+
+
 # --------------------------------------------------------------------------- compile
 
 
@@ -279,8 +297,9 @@ def test_compile_writes_a_loadable_spec_on_the_project_image(tmp_path, capsys):
     config = load_config(cfg)
     loaded = components.load_component_from_file(str(output))
     assert loaded.name == f"distillery-{config['name']}"
-    spec = yaml.safe_load(output.read_text())
+    spec, platform = yaml.safe_load_all(output.read_text())  # the pipeline, then its Kubernetes settings
     assert_pipeline_matches(spec, config)
+    assert set(platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]) == set(spec["deploymentSpec"]["executors"])
 
     executors = spec["deploymentSpec"]["executors"]
     for name, task in spec["root"]["dag"]["tasks"].items():

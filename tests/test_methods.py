@@ -110,7 +110,7 @@ def test_kd_student_learns_from_teacher_on_digits():
     teacher = train_classifier(x[labelled], y[labelled], meta, "small_cnn", {"channels": 8, "hidden": 64}, 60, 3e-3, 32, 0)
     alone = train_classifier(x[labelled], y[labelled], meta, "mlp", {"hidden": 16}, 60, 3e-3, 32, 0)
     student = distil(teacher, models.build("mlp", meta, hidden=16), x[labelled], y[labelled], x[pool],
-                     4.0, 0.1, 60, 3e-3, 64, 0)
+                     temperature=4.0, alpha=0.1, epochs=60, lr=3e-3, batch_size=64, seed=0)
     acc = {name: accuracy(m, x[test], y[test]) for name, m in [("teacher", teacher), ("alone", alone), ("kd", student)]}
     assert acc["teacher"] > 0.85, acc
     assert acc["kd"] > acc["alone"], acc
@@ -120,7 +120,8 @@ def test_distil_rejects_mismatched_class_counts():
     teacher = models.build("mlp", {**MNIST_META, "classes": list("abc")})
     student = models.build("mlp", MNIST_META)
     with pytest.raises(ValueError, match="teacher has 3 classes but the student 10"):
-        distil(teacher, student, np.zeros((4, 784)), np.zeros(4, dtype=int), np.zeros((0, 784)), 4, 0.1, 1, 1e-3, 2, 0)
+        distil(teacher, student, np.zeros((4, 784)), np.zeros(4, dtype=int), np.zeros((0, 784)),
+               temperature=4, alpha=0.1, epochs=1, lr=1e-3, batch_size=2, seed=0)
 
 
 def test_classification_metrics_on_a_hand_checked_case():

@@ -1,7 +1,8 @@
 """The whole pipeline, for real: kfp.local SubprocessRunner, a real SQLite MLflow store, DVC data.
 
-One module-scoped run of ``tests/configs/tiny.yaml`` is shared by the assertions below; a second,
-corrupted dataset then has to fail at curation without touching what the first run left.
+One run of ``tests/configs/tiny.yaml`` (conftest's session-wide ``tiny_pipeline``) is shared by the
+assertions below; a second, corrupted dataset then has to fail at curation without touching what
+the first run left.
 """
 from __future__ import annotations
 
@@ -16,18 +17,20 @@ pytestmark = pytest.mark.pipeline
 TINY = ROOT / "tests" / "configs" / "tiny.yaml"
 
 
+# The run itself is conftest's session-wide `tiny_pipeline` (test_mlflow_ui.py browses the same one).
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    path = tmp_path_factory.mktemp("mlflow") / "mlflow.db"
-    path.touch()  # "an empty SQLite file", as a user would point MLFLOW_TRACKING_URI at
-    return f"sqlite:///{path}"
+def module_clone(tiny_pipeline):
+    return tiny_pipeline.repo
 
 
 @pytest.fixture(scope="module")
-def first_run(module_clone, store):
-    result = run_cli(module_clone, "run", "--config", str(TINY), env={"MLFLOW_TRACKING_URI": store})
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-    return result
+def store(tiny_pipeline):
+    return tiny_pipeline.store
+
+
+@pytest.fixture(scope="module")
+def first_run(tiny_pipeline):
+    return tiny_pipeline.result
 
 
 @pytest.fixture(scope="module")

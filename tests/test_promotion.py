@@ -1,34 +1,12 @@
 """Champion/challenger promotion against a real MLflow registry (SQLite)."""
 from __future__ import annotations
 
-import pytest
 
 from components.evaluation.promotion import register_and_promote
 
 
-@pytest.fixture
-def registry(tmp_path):
-    import mlflow
-
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    mlflow.set_tracking_uri(uri)
-    experiment = mlflow.create_experiment("promo", artifact_location=str(tmp_path / "artifacts"))
-    client = mlflow.MlflowClient(uri)
-
-    def candidate() -> str:
-        import torch
-
-        with mlflow.start_run(experiment_id=experiment):
-            info = mlflow.pytorch.log_model(torch.nn.Linear(2, 2), name="model", pip_requirements=["torch"],
-                                            input_example=torch.zeros(1, 2).numpy())
-        return info.model_uri
-
-    yield client, candidate
-    mlflow.set_tracking_uri(None)
-
-
-def test_champion_moves_only_when_beaten(registry):
-    client, candidate = registry
+def test_champion_moves_only_when_beaten(model_registry):
+    client, candidate = model_registry
     scores = {}  # what the champion scores on "the current test split"
 
     def score(uri: str) -> float:
@@ -49,8 +27,8 @@ def test_champion_moves_only_when_beaten(registry):
     assert client.get_model_version("m", worse.version).tags["promotion"] == worse.reason
 
 
-def test_champion_that_cannot_be_scored_is_kept(registry):
-    client, candidate = registry
+def test_champion_that_cannot_be_scored_is_kept(model_registry):
+    client, candidate = model_registry
     first = register_and_promote(client, candidate(), "m", "accuracy", 0.5, lambda uri: 0.5, {})
 
     def broken(uri: str) -> float:

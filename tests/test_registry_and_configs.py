@@ -18,8 +18,33 @@ CONFIGS = sorted((ROOT / "pipelines" / "configs").glob("*.yaml")) + sorted((ROOT
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_every_config_loads(path: Path):
     config = load_config(path)
-    assert task_names(config)[0].startswith("curate-") and task_names(config)[-1].startswith("evaluate-")
-    assert len(task_names(config)) == 5 + 3 * config["selection"]["rounds"]
+    names, steps = task_names(config), len(config["curation"]["steps"])
+    assert names[-1].startswith("evaluate-")
+    if config["pipeline"] == "retraining":
+        assert names[:2] == ["check-retraining", f"curate-{config['curation']['method']}"]
+        assert len(names) == 6 + steps
+    else:
+        assert names[0].startswith("curate-")
+        assert len(names) == 5 + steps + 3 * config["selection"]["rounds"]
+
+
+@pytest.mark.parametrize("raw_update, message", [
+    ({"pipeline": "nightly"}, "pipeline must be one of ['active_learning', 'retraining']"),
+    ({"pipeline": "retraining"}, "a retraining pipeline has no 'selection' stage"),
+    ({"retraining": {"min_new_labels": 5}}, "'retraining' settings need `pipeline: retraining`"),
+    ({"curation": {"method": "gx_dedup", "steps": [{"method": "no_such_step"}]}},
+     "curation.steps[0]: unknown curation_step method 'no_such_step'"),
+    ({"curation": {"method": "gx_dedup", "steps": {"method": "x"}}}, "curation.steps: expected a list"),
+    ({"evaluation": {"method": "backdoor_audit"}}, "evaluation method 'backdoor_audit' is a standalone component"),
+    ({"evaluation": {"method": "classification", "params": {"gate": {"min": {"acuracy": 0.9}}}}},
+     "evaluation.params.gate: gate.min names metric 'acuracy', which this evaluation does not compute"),
+])
+def test_pipeline_kind_and_curation_steps_are_validated(raw_update, message):
+    raw = yaml.safe_load((ROOT / "pipelines" / "configs" / "default.yaml").read_text())
+    raw.update(raw_update)
+    with pytest.raises(ConfigError) as err:
+        validate_config(raw, "c.yaml")
+    assert message in str(err.value)
 
 
 @pytest.mark.parametrize("method", registry.methods(), ids=lambda m: f"{m.stage}:{m.name}")

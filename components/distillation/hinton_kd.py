@@ -13,10 +13,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from components.distillation.common import UNLABELLED, check_compatible, logits_of, training_tensors
 from components.training import models
 from components.training.train import fit
-
-UNLABELLED = -1
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
@@ -40,28 +39,24 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: 
     return (alpha * ce + weight_kd * kl).mean()
 
 
-def distil(teacher: nn.Module, student: nn.Module, labelled_features, labels, unlabelled_features,
-           temperature: float, alpha: float, epochs: int, lr: float, batch_size: int, seed: int,
-           on_epoch=None) -> nn.Module:
+def check_kd_params(temperature: float, alpha: float) -> None:
+    if not 0 <= alpha <= 1 or temperature <= 0:
+        raise ValueError(f"need 0 <= alpha <= 1 and temperature > 0, got alpha={alpha}, T={temperature}")
+
+
+def distil(teacher: nn.Module, student: nn.Module, labelled_features, labels, unlabelled_features, *,
+           seed: int, on_epoch=None, epochs: int, lr: float, batch_size: int, temperature: float = 4.0,
+           alpha: float = 0.1) -> nn.Module:
     """Train ``student`` on the labelled set and the teacher's soft labels over the pool.
 
     Args:
         labelled_features: ``(L, D)`` raw features with ``labels`` ``(L,)``.
         unlabelled_features: ``(U, D)`` raw features (may be empty).
     """
-    if not 0 <= alpha <= 1 or temperature <= 0:
-        raise ValueError(f"need 0 <= alpha <= 1 and temperature > 0, got alpha={alpha}, T={temperature}")
-    x = torch.cat([torch.as_tensor(labelled_features, dtype=torch.float32),
-                   torch.as_tensor(unlabelled_features, dtype=torch.float32).reshape(-1, labelled_features.shape[1])])
-    y = torch.cat([torch.as_tensor(labels, dtype=torch.long),
-                   torch.full((len(unlabelled_features),), UNLABELLED, dtype=torch.long)])
-    teacher.eval()
-    with torch.no_grad():  # the teacher's logits are fixed: compute them once, not every epoch
-        teacher_logits = torch.cat([teacher(x[i:i + 2048]) for i in range(0, len(x), 2048)])
-    with torch.no_grad():
-        n_student = student(x[:1]).shape[-1]
-    if teacher_logits.shape[-1] != n_student:
-        raise ValueError(f"teacher has {teacher_logits.shape[-1]} classes but the student {n_student}")
+    check_kd_params(temperature, alpha)
+    check_compatible(teacher, student, labelled_features.shape[1], labels=labels)
+    x, y = training_tensors(labelled_features, labels, unlabelled_features)
+    teacher_logits = logits_of(teacher, x)  # fixed: computed once, not every epoch
 
     def loss(model, xb, tb, yb):
         return kd_loss(model(xb), tb, yb, temperature, alpha)

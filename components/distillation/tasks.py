@@ -5,22 +5,55 @@ from components.datasets import load_arrays, load_labelled
 from components.selection.tasks import unlabelled_rows
 from components.tracking import method_task, progress
 
-STUDENT_ARCH_KEYS = ("hidden",)
+STUDENT_ARCH = "student"  # the parameter naming the student's architecture (a model zoo name)
+STUDENT_KWARGS = "student_kwargs"  # keyword arguments of that architecture, e.g. {"channels": 4}
+# Top-level shorthands for architecture keywords (``hidden: 40``), passed to architectures that take them.
+STUDENT_ARCH_KEYS = ("hidden", "input_proxy")
+
+
+def method_params(params: dict) -> dict:
+    """The parameters a distillation method takes by keyword: all but the student architecture's."""
+    return {k: v for k, v in params.items() if k not in (STUDENT_ARCH, STUDENT_KWARGS, *STUDENT_ARCH_KEYS)}
+
+
+def student_arch_kwargs(params: dict) -> dict:
+    """Keyword arguments of the student's architecture: the shorthands it accepts, then ``student_kwargs``."""
+    import inspect
+
+    from components.training import models
+
+    builder = models.ARCHITECTURES.get(params[STUDENT_ARCH])
+    accepted = [*inspect.signature(builder).parameters, *models.BUILD_KEYWORDS] if builder else []
+    return {**{k: params[k] for k in STUDENT_ARCH_KEYS if k in params and k in accepted},
+            **(params.get(STUDENT_KWARGS) or {})}
 
 
 def run_distillation(method: str, context: str, run_key: str, params: str, dataset: str, splits: str, labelled: str,
                      teacher: str, student_out: str) -> None:
     import mlflow
+    import numpy as np
 
+    from components.distillation.common import check_compatible
+    from components.distillation.export import check_exportable
     from components.distillation.hinton_kd import make_student
+    from components.distillation.reliant import sensitive_groups
+    from components.evaluation.tasks import dataset_file_reader
     from components.training import models
 
     with method_task("distillation", method, context, run_key, params) as (ctx, entry, p):
         data, split, labels = load_labelled(dataset), load_arrays(splits), load_arrays(labelled)
         teacher_model = models.load(teacher)
-        arch_kwargs = {k: p[k] for k in STUDENT_ARCH_KEYS if k in p}
+        arch_kwargs = student_arch_kwargs(p)
         student = make_student(p["student"], data.meta, arch_kwargs, ctx.seed)
+        # mismatched classes or feature counts: a clear error before any training time is spent
+        check_compatible(teacher_model, student, data.features.shape[1], len(data.meta["classes"]), labels["labels"])
+        check_exportable(student)  # the deployable student must export to ONNX: fail before training
         pool = unlabelled_rows(split, labels)
+        kwargs = method_params(p)
+        if "sensitive_attribute" in kwargs:  # fair distillation (RELIANT): each item's group, labelled then pool
+            rows = np.concatenate([labels["rows"], pool])
+            kwargs["sensitive"] = sensitive_groups(data.meta, data.features[rows], data.ids[rows],
+                                                   kwargs.pop("sensitive_attribute"), dataset_file_reader(ctx))
         n_teacher, n_student = models.count_parameters(teacher_model), models.count_parameters(student)
         progress(f"distilling a {n_teacher:,}-parameter teacher into a {n_student:,}-parameter "
                  f"{p['student']} ({n_teacher / n_student:.1f}x smaller) on {len(labels['rows'])} labelled "
@@ -30,10 +63,43 @@ def run_distillation(method: str, context: str, run_key: str, params: str, datas
         def on_epoch(epoch: int, loss: float) -> None:
             mlflow.log_metric("distillation_loss", loss, step=epoch)
             if (epoch + 1) % 10 == 0 or epoch + 1 == epochs:
-                progress(f"distillation epoch {epoch + 1}/{epochs} loss {loss:.4f}")
+                progress(f"distillation epoch {epoch + 1} loss {loss:.4f}")  # multi-stage methods run more
 
-        entry.load()(teacher_model, student, data.features[labels["rows"]], labels["labels"], data.features[pool],
-                     p["temperature"], p["alpha"], epochs, p["lr"], p["batch_size"], ctx.seed, on_epoch)
+        student = entry.load()(teacher_model, student, data.features[labels["rows"]], labels["labels"],
+                               data.features[pool], seed=ctx.seed, on_epoch=on_epoch, **kwargs)
         mlflow.log_metrics({"teacher_parameters": n_teacher, "student_parameters": n_student,
-                            "compression": n_teacher / n_student})
+                            "compression": n_teacher / n_student,
+                            **{f"{role}_flops": models.count_flops(m, data.features.shape[1:])
+                               for role, m in (("teacher", teacher_model), ("student", student))}})
         models.save(student, student_out, p["student"], data.meta, arch_kwargs)
+
+
+def run_dataset_distillation(method: str, context: str, run_key: str, params: str, dataset: str,
+                             synthetic_out: str) -> None:
+    """Distil the ``dataset`` artifact (a LabelledData) into a synthetic one; the loss curve and an image
+    grid of the result go to MLflow, the data version of the run's source into the provenance."""
+    import mlflow
+
+    from components.datasets import save_labelled
+    from components.distillation.dataset_dm import synthetic_grid_figure
+    from components.evaluation.plots import close
+
+    with method_task("dataset_distillation", method, context, run_key, params) as (ctx, entry, p):
+        data = load_labelled(dataset)
+        iterations = p["iterations"]
+        progress(f"distilling {len(data.labels)} items of {data.meta.get('name')!r} into {p['ipc']} synthetic "
+                 f"images per class ({iterations} iterations)")
+
+        def on_iteration(iteration: int, loss: float) -> None:
+            mlflow.log_metric("dm_loss", loss, step=iteration)
+            if (iteration + 1) % max(1, iterations // 10) == 0 or iteration + 1 == iterations:
+                progress(f"distribution matching iteration {iteration + 1}/{iterations}: loss {loss:.4f}")
+
+        synthetic = entry.load()(data, seed=ctx.seed, on_iteration=on_iteration,
+                                 source=f"{ctx.data['path']} (data version {ctx.data_version})", **p)
+        figure = synthetic_grid_figure(synthetic, p["ipc"])
+        mlflow.log_figure(figure, "synthetic_images.png")
+        close(figure)
+        mlflow.log_dict(synthetic.meta, "synthetic_dataset.json")
+        mlflow.log_metrics({"synthetic_items": len(synthetic.labels), "source_items": len(data.labels)})
+        save_labelled(synthetic_out, synthetic)

@@ -22,3 +22,6 @@ def classification_metrics(probs: torch.Tensor, labels: np.ndarray, ece_bins: in
         "macro_f1": float(multiclass_f1_score(probs, target, num_classes=k, average="macro")),
         "ece": float(multiclass_calibration_error(probs, target, num_classes=k, n_bins=ece_bins, norm="l1")),
     }
+
+
+CLASSIFICATION_METRICS = ("accuracy", "macro_f1", "ece")  # the keys of classification_metrics

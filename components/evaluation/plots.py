@@ -1,5 +1,6 @@
-"""Figures logged to MLflow: confusion matrix and learning curve (evaluation); per-round score
-histogram of the pool and class balance of the labelled set (selection and labelling)."""
+"""Figures logged to MLflow: confusion matrix, learning curve, reliability diagram and OOD feature
+variation (evaluation); per-round score histogram of the pool and class balance of the labelled set
+(selection and labelling)."""
 from __future__ import annotations
 
 import numpy as np
@@ -88,5 +89,67 @@ def class_balance_figure(before: np.ndarray, new: np.ndarray, class_names: list[
     ax.set_ylabel("labelled items")
     ax.set_title(title)
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3, frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def reliability_diagram_figure(probs: np.ndarray, labels: np.ndarray, n_bins: int, title: str):
+    """Reliability diagram (Guo et al., ICML 2017): accuracy against confidence in ``n_bins`` equal-width
+    confidence bins, the diagonal marking perfect calibration, bar gaps the miscalibration; below, how
+    many samples fall in each bin. The ECE in the legend is this binning's.
+
+    Args:
+        probs: ``(N, K)`` predicted probabilities.
+        labels: ``(N,)`` true classes.
+    """
+    plt = _pyplot()
+    probs, labels = np.asarray(probs, dtype=np.float64), np.asarray(labels)
+    confidence, correct = probs.max(1), (probs.argmax(1) == labels).astype(np.float64)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    bins = np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, n_bins - 1)  # (lo, hi] bins
+    counts = np.bincount(bins, minlength=n_bins)
+    filled = counts > 0
+    accuracy = np.bincount(bins, correct, n_bins)[filled] / counts[filled]
+    mean_conf = np.bincount(bins, confidence, n_bins)[filled] / counts[filled]
+    ece = float(np.sum(counts[filled] / len(labels) * np.abs(accuracy - mean_conf)))
+    centres, width = (edges[:-1] + edges[1:]) / 2, 1.0 / n_bins
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(5.5, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    top.bar(centres[filled], accuracy, width=width, edgecolor="black", color="tab:blue", label="accuracy")
+    top.bar(centres[filled], mean_conf - accuracy, bottom=accuracy, width=width, edgecolor="tab:red",
+            color="tab:red", alpha=0.3, hatch="//", label="gap to confidence")
+    top.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
+    top.set_ylabel("accuracy")
+    top.set_ylim(0, 1)
+    top.set_title(title)
+    top.legend(loc="upper left", title=f"ECE {ece:.4f}")
+    bottom.bar(centres, counts, width=width, color="grey", edgecolor="black")
+    bottom.set_xlabel("confidence (max probability)")
+    bottom.set_ylabel("samples")
+    bottom.set_xlim(0, 1)
+    fig.tight_layout()
+    return fig
+
+
+def feature_variation_figure(variation: np.ndarray, informativeness: np.ndarray, threshold: float, title: str):
+    """One point per penultimate feature: informativeness I_j against variation V_j (Ye et al., NeurIPS
+    2021); features right of the threshold line enter the model's variation."""
+    plt = _pyplot()
+    informative = informativeness >= threshold
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    ax.scatter(informativeness[~informative], variation[~informative], s=14, color="lightgrey",
+               edgecolor="grey", label=f"not informative ({int((~informative).sum())})")
+    ax.scatter(informativeness[informative], variation[informative], s=14, color="tab:blue",
+               label=f"informative ({int(informative.sum())})")
+    ax.axvline(threshold, linestyle="--", color="grey")
+    if informative.any():
+        ax.axhline(variation[informative].mean(), linestyle=":", color="tab:red",
+                   label=f"model variation {variation[informative].mean():.3f}")
+    ax.set_xlabel("informativeness I_j")
+    ax.set_ylabel("variation V_j across training domains")
+    ax.set_xlim(0, 1.02)
+    ax.set_ylim(0, 1.02)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left")
     fig.tight_layout()
     return fig

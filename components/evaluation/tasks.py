@@ -1,5 +1,5 @@
-"""Task body of the evaluation stage: metrics, figures, model logging and promotion, then the
-parent run is closed with a readable outcome."""
+"""Task bodies of the evaluation stage: metrics, figures, model logging, the promotion gate and
+promotion, then the parent run is closed with a readable outcome; and OOD model selection."""
 from __future__ import annotations
 
 from components.datasets import load_arrays, load_labelled
@@ -27,7 +27,11 @@ def run_evaluation(method: str, context: str, run_key: str, params: str, dataset
     import mlflow
     import numpy as np
 
+    from components.distillation.export import log_onnx
     from components.evaluation import plots
+    from components.evaluation.fairness import fairness_metrics, sensitive_attributes
+    from components.evaluation.gate import check_gate, validate_gate
+    from components.evaluation.metrics import CLASSIFICATION_METRICS
     from components.evaluation.promotion import register_and_promote
     from components.training import models
 
@@ -35,12 +39,17 @@ def run_evaluation(method: str, context: str, run_key: str, params: str, dataset
         data, split = load_labelled(dataset), load_arrays(splits)
         test = split["test_rows"]
         x_test, y_test = data.features[test], data.labels[test]
+        # bad input (a gate on a metric not computed, a one-group attribute) fails before any work
+        sensitive = sensitive_attributes(data.meta, x_test, data.ids[test], dataset_file_reader(ctx))
+        fairness_names = list(fairness_metrics(y_test, y_test, sensitive, data.num_classes))
+        gate = validate_gate(p["gate"], [*CLASSIFICATION_METRICS, *fairness_names])
         client = mlflow.MlflowClient()
         parent = parent_run_id(ctx)
         results, fitted = {}, {"teacher": models.load(teacher), "student": models.load(student)}
         for role, model in fitted.items():
             probs = models.predict_proba(model, x_test)
             metrics = entry.load()(probs, y_test, p["ece_bins"])
+            metrics.update(fairness_metrics(probs.argmax(-1).numpy(), y_test, sensitive, data.num_classes))
             results[role] = metrics
             for key, value in {**metrics, "parameters": models.count_parameters(model)}.items():
                 mlflow.log_metric(f"{role}_{key}", value)
@@ -48,6 +57,9 @@ def run_evaluation(method: str, context: str, run_key: str, params: str, dataset
             mlflow.log_figure(plots.confusion_matrix_figure(y_test, probs.argmax(-1).numpy(), data.meta["classes"],
                                                             f"{role} confusion matrix (test split)"),
                               f"{role}_confusion_matrix.png")
+            mlflow.log_figure(plots.reliability_diagram_figure(probs.numpy(), y_test, p["ece_bins"],
+                                                               f"{role} reliability diagram (test split)"),
+                              f"{role}_reliability_diagram.png")
         ratio = results["student"]["accuracy"] / results["teacher"]["accuracy"]
         client.log_metric(parent, "student_to_teacher_accuracy", ratio)
         history = sorted(client.get_metric_history(parent, "teacher_test_accuracy"), key=lambda m: m.step)
@@ -60,18 +72,208 @@ def run_evaluation(method: str, context: str, run_key: str, params: str, dataset
         example = np.ascontiguousarray(x_test[:5], dtype=np.float32)
         log_model(fitted["teacher"], "teacher", example)
         student_info = log_model(fitted["student"], "student", example)
+        log_onnx(fitted["student"], example)  # the deployable student, as artifact student.onnx of this run
         metric = p["metric"]
-        name = p["model_name"] or f"distillery-{data.meta['name']}-student"
+        name = registered_model_name(p, data.meta)
 
         def score(uri: str) -> float:
             return entry.load()(models.predict_proba(mlflow.pytorch.load_model(uri), x_test), y_test,
                                 p["ece_bins"])[metric]
 
+        gate_decision = check_gate(results["student"], gate)
         decision = register_and_promote(client, student_info.model_uri, name, metric,
-                                        results["student"][metric], score, ctx.tags())
-        mlflow.set_tags({"promotion": decision.reason, "registered_model": f"{name} v{decision.version}"})
+                                        results["student"][metric], score, ctx.tags(), gate_decision,
+                                        gate["beat_champion"])
+        mlflow.log_dict({**gate_decision.to_dict(), "gate": gate, "promoted": decision.promoted,
+                         "decision": decision.reason, "registered_model": name, "version": decision.version,
+                         "metrics": results["student"]}, "gate_reasons.json")
+        mlflow.set_tags({"promotion": decision.reason, "registered_model": f"{name} v{decision.version}",
+                         "gate": "passed" if gate_decision.passed else "failed"})
         client.set_tag(parent, "promotion", decision.reason)
         outcome = (f"teacher accuracy {results['teacher']['accuracy']:.4f}, student {results['student']['accuracy']:.4f} "
                    f"({ratio:.1%} of the teacher); {name} v{decision.version}: {decision.reason}.")
         progress(outcome)
     finish_parent(ctx, outcome)
+
+
+def registered_model_name(eval_params: dict, meta: dict) -> str:
+    """The registry name students are registered under: ``model_name``, else one per dataset."""
+    return eval_params.get("model_name") or f"distillery-{meta['name']}-student"
+
+
+SKIP = "skip"
+
+
+def run_retraining_check(context: str, run_key: str, params: str) -> str:
+    """First task of the retraining pipeline: the run context pinned to the newest data version when
+    it retrains, else :data:`SKIP` (and the pipeline run is finished with the reason as its description)."""
+    import json
+
+    import mlflow
+    import numpy as np
+
+    from components.datasets import LabelledData, data_version, read_dataset
+    from components.evaluation import retraining
+    from components.evaluation.drift import detect_drift
+    from components.tracking import RunContext, task_run
+
+    ctx = RunContext.from_json(context)
+    ctx.run_key = run_key
+    settings = json.loads(params)
+    data = dict(ctx.data)
+    rev = retraining.pin_revision(data["repo"], data.get("rev"))
+    ctx.config = {**ctx.config, "data": {**data, "rev": rev}}
+    ctx.data_version = data_version(data["repo"], rev)
+
+    def load(at_rev: str | None) -> LabelledData:
+        features, labels, meta = read_dataset(data["repo"], data["path"], at_rev)
+        return LabelledData(features, labels, np.arange(len(labels)), meta)
+
+    with task_run(ctx, "check-retraining", settings):
+        progress(f"newest data: {data['path']} @ {rev or 'working tree'} (version {ctx.data_version[:12]})")
+        current = load(rev)
+        name = registered_model_name(ctx.config["evaluation"]["params"], current.meta)
+        champion = retraining.champion_info(mlflow.MlflowClient(ctx.tracking_uri), name)
+        new_labels = drift = None
+        if champion is not None and champion.data_version != ctx.data_version:
+            reference_rev = retraining.revision_of_version(data["repo"], champion.data_version, champion.git_commit)
+            if reference_rev is not None:
+                reference = load(reference_rev)
+                new_labels = (retraining.label_count(data["repo"], data["path"], rev, current)
+                              - retraining.label_count(data["repo"], data["path"], reference_rev, reference))
+                drift = detect_drift(reference, current, alpha=settings["drift_alpha"], seed=ctx.seed)
+                mlflow.log_dict(drift.to_dict(), "drift.json")
+                mlflow.log_metrics({"new_labels": new_labels, "drifted": float(drift.drifted)})
+        decision = retraining.decide(champion, ctx.data_version, new_labels, drift, settings["min_new_labels"],
+                                     settings["retrain_on_drift"])
+        mlflow.log_dict({"retrain": decision.retrain, "reason": decision.reason,
+                         "champion": champion.__dict__ if champion else None}, "retraining_decision.json")
+        mlflow.set_tags({"retrain": str(decision.retrain).lower(), "retrain_reason": decision.reason})
+        mlflow.MlflowClient(ctx.tracking_uri).set_tag(parent_run_id(ctx), "retrain_reason", decision.reason)
+        progress(f"{'retraining' if decision.retrain else 'skipping'}: {decision.reason}")
+    if not decision.retrain:
+        finish_parent(ctx, f"skipped, nothing to retrain: {decision.reason}.")
+        return SKIP
+    return ctx.to_json()
+
+
+def dataset_file_reader(ctx):
+    """Loads a ``.npy`` file of the configured dataset folder by name, through DVC at the run's
+    revision (what sensitive attributes kept in their own file need); DVC opens only on first use."""
+    import io
+
+    import numpy as np
+
+    def read(name: str):
+        from components.datasets import dvc_filesystem
+
+        data = ctx.data
+        with dvc_filesystem(data["repo"], data.get("rev")).open(f"{data['path']}/{name}", "rb") as fh:
+            return np.load(io.BytesIO(fh.read()), allow_pickle=False)
+
+    return read
+
+
+DOMAIN_KEYS = {"name", "rotate", "noise"}
+
+
+def check_ood_params(p: dict) -> tuple[dict[str, str], list[dict]]:
+    """Candidates (label -> MLflow model URI) and domain specs of the ``ood_selection`` params; a
+    ``ValueError`` naming the offending entry."""
+    candidates, domains = p["candidates"], p["domains"]
+    if not isinstance(candidates, dict) or not all(isinstance(v, str) for v in candidates.values()):
+        raise ValueError(f"ood_selection candidates must map labels to MLflow model URIs, got {candidates!r}")
+    clash = sorted({"teacher", "student"} & set(candidates))
+    if clash:
+        raise ValueError(f"ood_selection candidate label(s) {clash} are taken by the pipeline's own models")
+    if not isinstance(domains, list) or len(domains) < 2:
+        raise ValueError(f"ood_selection needs a list of at least 2 training domains, got {domains!r}")
+    for spec in domains:
+        if not isinstance(spec, dict) or "name" not in spec or set(spec) - DOMAIN_KEYS:
+            raise ValueError(f"domain {spec!r}: expected a mapping with 'name' and optionally 'rotate' (degrees) "
+                             f"and 'noise' (std as a fraction of the value range); allowed keys {sorted(DOMAIN_KEYS)}")
+    names = [spec["name"] for spec in domains]
+    if len(set(names)) != len(names):
+        raise ValueError(f"domain names must be unique, got {names}")
+    return candidates, domains
+
+
+def run_ood_selection(method: str, context: str, run_key: str, params: str, dataset: str, splits: str,
+                      teacher: str, student: str) -> None:
+    """OOD model selection (Ye et al., NeurIPS 2021) among the pipeline's teacher and student and any
+    models named in ``params.candidates`` (label -> MLflow model URI, e.g. ``models:/NAME/3``: a
+    variable number of models cannot be KFP input artifacts, so extra candidates travel as URIs).
+
+    Training domains are the test split under each ``params.domains`` transform
+    (``{"name", "rotate": degrees, "noise": std / value range}``). Logs the per-candidate table
+    (``ood_selection.json``), V_j and I_j per feature per candidate (``ood_features/<label>.json``
+    and a figure), and the pick as the tag ``ood_selected``. It registers and promotes nothing.
+    """
+    import mlflow
+
+    from components.evaluation import plots
+    from components.evaluation.ood_selection import check_domains, make_domain
+    from components.training import models
+
+    with method_task("evaluation", method, context, run_key, params) as (ctx, entry, p):
+        candidates, specs = check_ood_params(p)
+        data, split = load_labelled(dataset), load_arrays(splits)
+        rows = split["test_rows"]
+        check_domains({spec["name"]: data.labels[rows] for spec in specs})
+        domains = {spec["name"]: (make_domain(data.features[rows], data.meta, spec.get("rotate", 0.0),
+                                              spec.get("noise", 0.0), seed=ctx.seed + i), data.labels[rows])
+                   for i, spec in enumerate(specs)}
+        fitted = {"teacher": models.load(teacher), "student": models.load(student)}
+        fitted.update({label: mlflow.pytorch.load_model(uri) for label, uri in candidates.items()})
+        progress(f"OOD selection among {sorted(fitted)} on training domains {sorted(domains)}")
+        selection, stats = entry.load()(fitted, domains, threshold=p["informative_threshold"],
+                                        tolerance=p["tolerance"], grid_size=p["grid_size"],
+                                        max_per_group=p["max_per_group"], seed=ctx.seed)
+        for row in selection.table:
+            label = row["candidate"]
+            mlflow.log_metrics({f"{label}_val_accuracy": row["accuracy"], f"{label}_variation": row["variation"]})
+            mlflow.log_dict(stats[label].to_dict(), f"ood_features/{label}.json")
+            figure = plots.feature_variation_figure(stats[label].variation, stats[label].informativeness,
+                                                    p["informative_threshold"], f"{label}: penultimate features")
+            mlflow.log_figure(figure, f"ood_features/{label}.png")
+            plots.close(figure)
+        mlflow.log_dict({**selection.to_dict(), "candidates": {"teacher": "pipeline teacher",
+                                                               "student": "pipeline student", **candidates},
+                         "domains": specs}, "ood_selection.json")
+        mlflow.set_tag("ood_selected", selection.selected)
+        client = mlflow.MlflowClient()
+        client.set_tag(parent_run_id(ctx), "ood_selected", selection.selected)
+        lines = [f"{r['candidate']:>12}  acc {r['accuracy']:.4f}  V {r['variation']:.4f}  "
+                 f"score {'-' if r['score'] is None else format(r['score'], '.4f')}" for r in selection.table]
+        progress("\n".join(lines))
+        outcome = (f"OOD selection (r = {selection.r:.3f}) picks {selection.selected} among "
+                   f"{len(selection.table)} candidates on domains {list(domains)}.")
+        progress(outcome)
+    finish_parent(ctx, outcome)
+
+
+def run_backdoor_audit(method: str, context: str, run_key: str, params: str, dataset: str, test: str) -> None:
+    """Train a fresh model on ``dataset``, log clean accuracy, ASR, threshold, a grid of triggered test
+    images and the verdict (tag ``backdoor_audit``: ``pass`` or ``backdoor-suspected``)."""
+    import mlflow
+
+    from components.distillation.backdoor_audit import Trigger, triggered_grid_figure
+    from components.evaluation.plots import close
+
+    with method_task("evaluation", method, context, run_key, params) as (ctx, entry, p):
+        data, reference = load_labelled(dataset), load_labelled(test)
+        pattern = 1.0 if p["trigger_pattern"] is None else p["trigger_pattern"]
+        trigger = Trigger.square(data.meta["feature_shape"], p["trigger_size"], p["trigger_corner"], pattern)
+        progress(f"auditing {len(data.labels)} items of {data.meta.get('name')!r}: training a fresh {p['arch']} "
+                 f"and stamping a {p['trigger_size']}x{p['trigger_size']} {p['trigger_corner']} trigger on "
+                 f"{len(reference.labels)} test images (target class {p['target_class']})")
+        result = entry.load()(data, reference.features, reference.labels, trigger, p["target_class"],
+                              arch=p["arch"], arch_kwargs=p["arch_kwargs"], epochs=p["epochs"], lr=p["lr"],
+                              batch_size=p["batch_size"], seed=ctx.seed, floor=p["floor"], factor=p["factor"])
+        mlflow.log_metrics(result.metrics())
+        figure = triggered_grid_figure(reference.features, reference.labels, result, trigger, data.meta)
+        mlflow.log_figure(figure, "triggered_examples.png")
+        close(figure)
+        mlflow.set_tag("backdoor_audit", result.verdict)
+        progress(f"ASR {result.attack_success_rate:.3f} (threshold {result.threshold:.3f}, baseline "
+                 f"{result.baseline_rate:.3f}), clean accuracy {result.clean_accuracy:.3f}: {result.verdict}")

@@ -46,7 +46,8 @@ METHODS = [
               "and Imbalanced Datasets, NAACL 2024", "Subpool of the k-NN of per-class anchors, then the base "
               "strategy on it", "anchoral:AnchorAL",
               {**_WRAPPED, "subpool_size": 10000, "neighbours": 50, "anchors_per_class": 10,
-               "subpool_sampling": "top", "embedding": "model"}),
+               "subpool_sampling": "top", "embedding": "model",
+               "anchor_method": "kmeans++"}),
     _strategy("softmax_sampling", _STOCHASTIC, "Sample the batch with p ~ exp(beta s) of a base score",
               "stochastic:SoftmaxSampling", {**_WRAPPED, "beta": 1.0}),
     _strategy("power_sampling", _STOCHASTIC, "Sample the batch with p ~ s^beta of a base score (s > 0)",

@@ -6,7 +6,9 @@ Datasets", NAACL 2024 (ref. code pietrolesci/anchoral). Per query:
 1. if the pool has at most ``subpool_size`` (M) items, run the base strategy on all of it;
 2. cold start (no labels yet): random;
 3. per class, pick ``anchors_per_class`` (A) anchors among its labelled items by k-means++ seeding
-   on their embeddings (all of them when the class has fewer);
+   on their embeddings (all of them when the class has fewer); with ``anchor_method="ppp"`` instead
+   the labelled items closest to the centres of a PPP clustering of the class (k-means validated by
+   a GMM, ``components.curation.ppp``: its own k <= A, so a class that forms 3 groups gets 3 anchors);
 4. for each anchor retrieve its ``neighbours`` (k) nearest unlabelled items by cosine similarity;
 5. every retrieved item scores ``1 - mean cosine distance`` over the anchors that found it; the
    subpool is the top M by that score (``subpool_sampling="softmax"``: M sampled with
@@ -27,6 +29,7 @@ from components.selection.stochastic import gumbel_top_k
 from components.selection.strategies import Strategy, resolve, top_k
 
 EMBEDDINGS = ("model", "features")
+ANCHOR_METHODS = ("kmeans++", "ppp")
 SUBPOOL_SAMPLING = ("top", "softmax")
 
 
@@ -41,13 +44,14 @@ class AnchorAL(Strategy):
         anchors_per_class: A.
         subpool_sampling: ``"top"`` (top M by similarity) or ``"softmax"``.
         embedding: ``"model"`` (the model's penultimate features) or ``"features"`` (raw features).
+        anchor_method: ``"kmeans++"`` (the paper) or ``"ppp"`` (see :func:`select_anchors`).
     """
 
     name = "anchoral"
 
     def __init__(self, seed: int = 0, base: str = "entropy", base_params: dict | None = None,
                  subpool_size: int = 10000, neighbours: int = 50, anchors_per_class: int = 10,
-                 subpool_sampling: str = "top", embedding: str = "model"):
+                 subpool_sampling: str = "top", embedding: str = "model", anchor_method: str = "kmeans++"):
         super().__init__(seed)
         self.base = base
         self.base_params = base_params
@@ -56,6 +60,7 @@ class AnchorAL(Strategy):
         self.anchors_per_class = anchors_per_class
         self.subpool_sampling = subpool_sampling
         self.embedding = embedding
+        self.anchor_method = anchor_method
 
     def pick(self, pool, batch_size, rng):
         self._check_params()
@@ -83,11 +88,13 @@ class AnchorAL(Strategy):
                              f"got {self.subpool_sampling!r}")
         if self.embedding not in EMBEDDINGS:
             raise ValueError(f"anchoral: embedding must be one of {EMBEDDINGS}, got {self.embedding!r}")
+        if self.anchor_method not in ANCHOR_METHODS:
+            raise ValueError(f"anchoral: anchor_method must be one of {ANCHOR_METHODS}, got {self.anchor_method!r}")
 
     def subpool(self, pool: Pool, batch_size: int, rng: np.random.Generator) -> np.ndarray:
         """Positions ``(m,)`` into ``pool`` of the subpool, ``batch_size <= m <= subpool_size``."""
         pool_emb, labelled_emb = self._embeddings(pool)
-        anchors = select_anchors(labelled_emb, pool.labelled_labels, self.anchors_per_class, rng)
+        anchors = select_anchors(labelled_emb, pool.labelled_labels, self.anchors_per_class, rng, self.anchor_method)
         found, similarity = retrieve(pool_emb, labelled_emb[anchors], self.neighbours)
         m = min(self.subpool_size, len(found))
         if self.subpool_sampling == "top":
@@ -111,10 +118,14 @@ class AnchorAL(Strategy):
 
 
 def select_anchors(embeddings: np.ndarray, labels: np.ndarray, per_class: int,
-                   rng: np.random.Generator) -> np.ndarray:
+                   rng: np.random.Generator, method: str = "kmeans++") -> np.ndarray:
     """Positions of the anchors among the labelled items: per class, k-means++ seeds on
-    ``embeddings`` ``(L, H)`` (every item of a class with at most ``per_class`` items)."""
+    ``embeddings`` ``(L, H)`` (every item of a class with at most ``per_class`` items); with
+    ``method="ppp"`` the items closest to the centres of the class's PPP clustering, whose k
+    (``2..per_class``) PPP chooses -- at most ``per_class`` anchors either way."""
     from sklearn.cluster import kmeans_plusplus
+
+    from components.curation.ppp import choose_k, closest_to_centres
 
     anchors = []
     for cls in np.unique(labels):
@@ -122,8 +133,14 @@ def select_anchors(embeddings: np.ndarray, labels: np.ndarray, per_class: int,
         if len(members) <= per_class:
             anchors.append(members)
             continue
-        _, seeds = kmeans_plusplus(np.asarray(embeddings[members], dtype=np.float64), per_class,
-                                   random_state=int(rng.integers(2**31 - 1)))
+        x = np.asarray(embeddings[members], dtype=np.float64)
+        state = int(rng.integers(2**31 - 1))
+        if method == "ppp":
+            centres = (x.mean(axis=0, keepdims=True) if per_class == 1
+                       else choose_k(x, range(2, per_class + 1), seeds=2, seed=state).centres)
+            anchors.append(members[closest_to_centres(x, centres)])
+            continue
+        _, seeds = kmeans_plusplus(x, per_class, random_state=state)
         anchors.append(members[seeds])
     return np.concatenate(anchors)
 

@@ -313,12 +313,10 @@ def parse_label_set(text: str, where: str) -> dict:
 def read_label_set(repo: str, path: str, rev: str | None = None) -> dict | None:
     """The label set at ``path`` in ``repo`` at ``rev`` (``None``: the working tree), read through
     DVC like the datasets; ``None`` when it does not exist there."""
-    from dvc.api import DVCFileSystem
-
-    from components.datasets import DataVersionError
+    from components.datasets import DataVersionError, dvc_filesystem
 
     try:
-        fs = DVCFileSystem(repo, rev=rev or None)
+        fs = dvc_filesystem(repo, rev)
     except Exception as exc:  # dvc raises many types for a bad repo/rev
         raise DataVersionError(f"cannot open data repo {repo!r} at revision {rev!r}: {exc}") from exc
     if not fs.exists(path):

@@ -45,4 +45,13 @@ METHODS = [
            "components.training.collaborative:fusion", "components.training.component:train_fusion",
            defaults={"arch": "small_cnn", "arch_kwargs": {}, "epochs": 30, "lr": 1e-3, "batch_size": 32, "models": 3,
                      "subset_fraction": 0.5, "finetune_epochs": 5}),
+    Method("training", "ddp_trainjob", "Li et al., PyTorch Distributed: Experiences on Accelerating Data Parallel Training, VLDB 2020",
+           "Data-parallel training (DDP under torchrun) on the cluster as a Kubeflow Trainer TrainJob "
+           "(k8s/training/trainjob.yaml): `nodes` x `gpus_per_node`, queued by Kueue; the labelled set goes to the "
+           "pods and the model comes back through the task's MLflow run; same model as `ddp` with the same world size",
+           "components.training.launcher:ddp_trainjob", "components.training.component:train_ddp_trainjob",
+           defaults={"arch": "small_cnn", "arch_kwargs": {}, "epochs": 30, "lr": 1e-3, "batch_size": 256,
+                     "namespace": "distillery", "nodes": 2, "gpus_per_node": 1, "procs_per_node": None, "cpu": "4",
+                     "memory": "16Gi", "image": None, "queue": "distillery", "priority_class": "distillery-adhoc",
+                     "checkpoint_every": 5, "timeout_s": 7200.0, "poll_s": 15.0, "on_timeout": "leave"}),
 ]

@@ -3,13 +3,28 @@
 Every model takes raw flattened features ``(N, D)`` (as stored in the dataset) and returns logits
 ``(N, K)``: a :class:`Preprocess` layer in front scales values and restores the sample shape, so a
 logged model needs no separate preprocessing code to serve.
+
+Students beyond the MLP (both ~10-20x smaller than ``small_cnn`` on MNIST):
+
+- ``starnet``: Ma et al., "Rewrite the Stars", CVPR 2024. Its block's *star operation* is the
+  element-wise product of two 1x1-conv branches, ``ReLU6(W1 x) * (W2 x)``, between two depthwise 7x7
+  convs, which maps into a high-dimensional implicit feature space at the cost of a narrow network.
+- ``repghost``: Chen et al., "RepGhost: A Hardware-Efficient Ghost Module via Re-parameterization",
+  arXiv:2211.06088 (2022). The ghost module's cheap depthwise conv gets a parallel BatchNorm
+  (identity) branch *added* (not concatenated) during training; :func:`fuse` folds every BN and that
+  branch into single convs for inference (same outputs in eval mode, fewer ops).
+
+``fuse`` works on any zoo model (it folds every :class:`ConvBN` and :class:`RepGhostModule` it finds);
+:func:`save` records whether the model was fused and :func:`load` rebuilds it in the same form.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 import torch
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 
 class Preprocess(nn.Module):
@@ -22,7 +37,9 @@ class Preprocess(nn.Module):
         self.shape = list(shape)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return ((x - self.offset) / self.scale).reshape(len(x), *self.shape)
+        # x.shape[0], not len(x): len() is a Python int, which the ONNX exporter would bake in as a
+        # fixed batch size
+        return ((x - self.offset) / self.scale).reshape(x.shape[0], *self.shape)
 
 
 def small_cnn(feature_shape: list[int], num_classes: int, channels: int = 16,
@@ -55,16 +72,189 @@ def mlp(feature_shape: list[int], num_classes: int, hidden: int = 40, dropout: f
     return nn.Sequential(*layers, nn.Linear(hidden, num_classes))
 
 
-ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {"small_cnn": small_cnn, "mlp": mlp}
+class ConvBN(nn.Sequential):
+    """``Conv2d`` (no bias, "same" padding) then ``BatchNorm2d``; :meth:`switch_to_deploy` folds the
+    BN into the conv (torch's ``fuse_conv_bn_weights``), leaving ``Sequential(conv)``."""
+
+    def __init__(self, c_in: int, c_out: int, kernel: int = 1, stride: int = 1, groups: int = 1):
+        super().__init__(nn.Conv2d(c_in, c_out, kernel, stride, kernel // 2, groups=groups, bias=False),
+                         nn.BatchNorm2d(c_out))
+
+    @property
+    def deployed(self) -> bool:
+        return len(self) == 1
+
+    def fused_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The single conv's ``(weight, bias)`` equal to this conv + BN in eval mode."""
+        conv = self[0]
+        if self.deployed:
+            return conv.weight.detach(), conv.bias.detach()
+        return _fold_bn(conv.weight, self[1])
+
+    def switch_to_deploy(self) -> None:
+        if not self.deployed:
+            weight, bias = self.fused_weights()
+            self[0] = _conv_like(self[0], weight, bias)
+            del self[1]
 
 
-def build(arch: str, meta: dict, **kwargs: Any) -> nn.Module:
-    """A model for the dataset described by ``meta`` (its ``dataset.json``)."""
+def _fold_bn(weight: torch.Tensor, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(weight, bias)`` of a bias-free conv followed by ``bn`` in eval mode, as one conv (torch's
+    ``fuse_conv_bn_weights``, in float64 so the folded conv matches the pair to float32 rounding)."""
+    d = torch.float64
+    w, b = fuse_conv_bn_weights(weight.detach().to(d), None, bn.running_mean.to(d), bn.running_var.to(d), bn.eps,
+                                bn.weight.detach().to(d), bn.bias.detach().to(d))
+    return w.detach().to(weight.dtype), b.detach().to(weight.dtype)
+
+
+def _conv_like(conv: nn.Conv2d, weight: torch.Tensor, bias: torch.Tensor) -> nn.Conv2d:
+    """A ``Conv2d`` of ``conv``'s geometry with a bias, holding ``weight`` and ``bias``."""
+    out = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                    groups=conv.groups, bias=True)
+    with torch.no_grad():
+        out.weight.copy_(weight)
+        out.bias.copy_(bias)
+    return out
+
+
+class StarBlock(nn.Module):
+    """StarNet block on ``(N, C, H, W)``: depthwise 7x7 + BN, the star operation
+    ``ReLU6(f1(x)) * f2(x)`` (1x1 convs to ``mlp_ratio * C`` channels), 1x1 back to ``C`` + BN,
+    depthwise 7x7, residual."""
+
+    def __init__(self, dim: int, mlp_ratio: int = 3):
+        super().__init__()
+        hidden = mlp_ratio * dim
+        self.dwconv = ConvBN(dim, dim, 7, groups=dim)
+        self.f1, self.f2 = nn.Conv2d(dim, hidden, 1), nn.Conv2d(dim, hidden, 1)
+        self.act = nn.ReLU6()
+        self.g = ConvBN(hidden, dim, 1)
+        self.dwconv2 = nn.Conv2d(dim, dim, 7, padding=3, groups=dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.dwconv(x)
+        y = self.act(self.f1(y)) * self.f2(y)  # the star operation
+        return x + self.dwconv2(self.g(y))
+
+
+def starnet(feature_shape: list[int], num_classes: int, channels: list[int] = (12, 16, 24),
+            mlp_ratio: int = 3) -> nn.Module:
+    """A small StarNet: stride-2 3x3 stem to ``channels[0]``, then per further width a stride-2 3x3
+    down-sampling ConvBN and one :class:`StarBlock`; BN, global average pool, linear head
+    (17,542 parameters on 1x28x28 inputs, 10 classes)."""
+    if len(feature_shape) != 3:
+        raise ValueError(f"starnet needs image data with feature_shape [C, H, W], got {feature_shape}")
+    widths = [int(c) for c in channels]
+    layers: list[nn.Module] = [ConvBN(feature_shape[0], widths[0], 3, stride=2), nn.ReLU6()]
+    for c_in, c_out in zip(widths, widths[1:]):
+        layers += [ConvBN(c_in, c_out, 3, stride=2), StarBlock(c_out, mlp_ratio)]
+    return nn.Sequential(*layers, nn.BatchNorm2d(widths[-1]), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(widths[-1], num_classes))
+
+
+class RepGhostModule(nn.Module):
+    """RepGhost module ``(N, C_in, H, W) -> (N, C_out, H, W)``: a 1x1 ConvBN (+ReLU) makes the
+    intrinsic features ``y``; the cheap depthwise ConvBN's output is *added* to a BatchNorm of ``y``
+    (the re-parameterisable identity branch); optional ReLU. :meth:`switch_to_deploy` merges the
+    BN branch into the depthwise conv: BN(y) is a depthwise conv whose kernel is the identity
+    (1 at the centre) scaled by BN, and convs of one shape add."""
+
+    def __init__(self, c_in: int, c_out: int, relu: bool = True, dw_size: int = 3):
+        super().__init__()
+        self.primary = nn.Sequential(ConvBN(c_in, c_out, 1), nn.ReLU() if relu else nn.Identity())
+        self.cheap = ConvBN(c_out, c_out, dw_size, groups=c_out)
+        self.fusion_bn: nn.BatchNorm2d | None = nn.BatchNorm2d(c_out)
+        self.act = nn.ReLU() if relu else nn.Identity()
+
+    @property
+    def deployed(self) -> bool:
+        return self.fusion_bn is None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.primary(x)
+        out = self.cheap(y)
+        if self.fusion_bn is not None:
+            out = out + self.fusion_bn(y)
+        return self.act(out)
+
+    def switch_to_deploy(self) -> None:
+        if self.deployed:
+            return
+        weight, bias = self.cheap.fused_weights()
+        k = weight.shape[-1]
+        identity = torch.zeros_like(weight)
+        identity[:, 0, k // 2, k // 2] = 1.0
+        id_weight, id_bias = _fold_bn(identity, self.fusion_bn)
+        self.cheap = nn.Sequential(_conv_like(self.cheap[0], weight + id_weight, bias + id_bias))
+        self.fusion_bn = None
+
+
+class RepGhostBottleneck(nn.Module):
+    """RepGhost bottleneck: RepGhost module (ReLU) to ``c_mid``, a stride-``stride`` depthwise ConvBN
+    when down-sampling, RepGhost module (no ReLU) to ``c_out``; plus a shortcut (identity, or
+    depthwise + 1x1 ConvBN when the shape changes)."""
+
+    def __init__(self, c_in: int, c_mid: int, c_out: int, stride: int = 1):
+        super().__init__()
+        self.ghost1 = RepGhostModule(c_in, c_mid, relu=True)
+        self.down = ConvBN(c_mid, c_mid, 3, stride, groups=c_mid) if stride > 1 else nn.Identity()
+        self.ghost2 = RepGhostModule(c_mid, c_out, relu=False)
+        self.shortcut = (nn.Identity() if c_in == c_out and stride == 1 else
+                         nn.Sequential(ConvBN(c_in, c_in, 3, stride, groups=c_in), ConvBN(c_in, c_out, 1)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ghost2(self.down(self.ghost1(x))) + self.shortcut(x)
+
+
+def repghost(feature_shape: list[int], num_classes: int, channels: list[int] = (8, 16, 32),
+             expansion: int = 2, head: int = 64) -> nn.Module:
+    """A small RepGhostNet: stride-2 3x3 stem to ``channels[0]``, one stride-2 bottleneck (mid width
+    ``expansion * c_in``) per further width, 1x1 ConvBN + ReLU to ``head`` channels, global average
+    pool, linear head (7,802 parameters before fusion on 1x28x28 inputs, 10 classes)."""
+    if len(feature_shape) != 3:
+        raise ValueError(f"repghost needs image data with feature_shape [C, H, W], got {feature_shape}")
+    widths = [int(c) for c in channels]
+    layers: list[nn.Module] = [ConvBN(feature_shape[0], widths[0], 3, stride=2), nn.ReLU()]
+    layers += [RepGhostBottleneck(c_in, expansion * c_in, c_out, stride=2) for c_in, c_out in zip(widths, widths[1:])]
+    return nn.Sequential(*layers, ConvBN(widths[-1], head, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(head, num_classes))
+
+
+ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {"small_cnn": small_cnn, "mlp": mlp, "starnet": starnet,
+                                                      "repghost": repghost}
+
+
+class ProxyInput(nn.Module):
+    """An input slot for a per-sample proxy vector ``p`` ``(P,)``: ``x + mix(p)`` with a learnable
+    linear ``mix: R^P -> R^D`` (for a linear first layer this is appending ``p`` to the input).
+    Without an explicit ``proxy`` the stored ``proxy`` buffer is used (all zeros unless a fair
+    distillation method such as RELIANT set it to its proxies' mean), so the model still takes
+    ``(N, D)`` features only."""
+
+    def __init__(self, num_features: int, proxy_dim: int):
+        super().__init__()
+        self.register_buffer("proxy", torch.zeros(proxy_dim))
+        self.mix = nn.Linear(proxy_dim, num_features, bias=False)
+
+    def forward(self, x: torch.Tensor, proxy: torch.Tensor | None = None) -> torch.Tensor:
+        return x + self.mix(self.proxy if proxy is None else proxy)
+
+
+BUILD_KEYWORDS = ("input_proxy",)  # keywords of :func:`build` itself, valid for every architecture
+
+
+def build(arch: str, meta: dict, *, input_proxy: int = 0, **kwargs: Any) -> nn.Module:
+    """A model for the dataset described by ``meta`` (its ``dataset.json``).
+
+    ``input_proxy > 0`` puts a :class:`ProxyInput` of that many dimensions in front (what RELIANT
+    trains); every other keyword goes to the architecture.
+    """
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {arch!r}; known: {sorted(ARCHITECTURES)}")
     lo, hi = meta.get("value_range") or (0.0, 1.0)
     shape = list(meta["feature_shape"])
-    return nn.Sequential(Preprocess(lo, hi - lo, shape),
+    layers = [ProxyInput(math.prod(shape), input_proxy)] if input_proxy > 0 else []
+    return nn.Sequential(*layers, Preprocess(lo, hi - lo, shape),
                          ARCHITECTURES[arch](shape, len(meta["classes"]), **kwargs))
 
 
@@ -72,13 +262,50 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def count_flops(model: nn.Module, input_shape: tuple[int, ...] | list[int]) -> int:
+    """Floating-point operations of one forward pass on one input of ``input_shape`` (without the
+    batch dimension, e.g. ``(784,)`` for raw MNIST features), as torch's ``FlopCounterMode`` counts
+    them (matmuls and convs, 2 per multiply-add; element-wise ops are not counted)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(torch.zeros(1, *input_shape))
+    finally:
+        model.train(was_training)
+    return int(counter.get_total_flops())
+
+
+def is_fused(model: nn.Module) -> bool:
+    """Whether :func:`fuse` re-parameterised ``model`` (any of its re-parameterisable layers)."""
+    return any(getattr(m, "deployed", False) for m in model.modules())
+
+
+def fuse(model: nn.Module) -> nn.Module:
+    """Fold train-time structure into inference-time convs, in place: every BN after a conv
+    (:class:`ConvBN`) and RepGhost's parallel BN branch. Puts ``model`` in eval mode (the folding
+    uses the BN running statistics, so outputs match eval-mode outputs); returns it."""
+    model.eval()
+    for module in list(model.modules()):
+        if hasattr(module, "switch_to_deploy"):
+            module.switch_to_deploy()
+    return model
+
+
 def save(model: nn.Module, path: str, arch: str, meta: dict, kwargs: dict) -> None:
-    torch.save({"arch": arch, "meta": meta, "kwargs": kwargs, "state_dict": model.state_dict()}, path)
+    """Architecture, dataset meta, architecture keywords and weights; a fused model is saved fused
+    (``fused: True``) and :func:`load` fuses a fresh build before loading its weights."""
+    torch.save({"arch": arch, "meta": meta, "kwargs": kwargs, "state_dict": model.state_dict(),
+                "fused": is_fused(model)}, path)
 
 
 def load(path: str) -> nn.Module:
     blob = torch.load(path, weights_only=True)
     model = build(blob["arch"], blob["meta"], **blob["kwargs"])
+    if blob.get("fused"):
+        fuse(model)
     model.load_state_dict(blob["state_dict"])
     return model.eval()
 

@@ -8,8 +8,13 @@ run's ``teacher_test_accuracy``). Parameters map onto that call in one of two wa
 * no ``arch_kwargs`` parameter (``small_cnn``): the architecture is the method's name and every
   parameter but ``epochs``/``lr``/``batch_size`` is an architecture argument;
 * an ``arch_kwargs`` parameter (``ddp``, ``adbo_hyperclean``, ``spsa_finetune``, ``federated``,
-  ``fusion``): ``arch`` names the architecture, ``arch_kwargs`` holds its arguments, and every
-  other parameter is a keyword of the method.
+  ``fusion``, ``ddp_trainjob``): ``arch`` names the architecture, ``arch_kwargs`` holds its
+  arguments, and every other parameter is a keyword of the method.
+
+Methods that train in the cluster (parameter ``namespace``: ``ddp_trainjob``, see
+:mod:`components.training.launcher`) also get this task's MLflow run to stage data and model
+through, a fresh object name, and hooks that stream the job's progress and tag the run with
+``distillery.k8s.kind/namespace/name/state``.
 
 Methods that run their workers in other processes (``ddp``: parameter ``nproc_per_node``) also
 log per-worker metrics (``train_loss_rank{r}``, ``samples_per_second_rank{r}``, ...) and MLflow
@@ -69,6 +74,8 @@ def _run_training(method: str, context: str, run_key: str, params: str, round_in
         if launched:
             method_kwargs.update(_worker_hooks(p, arch, run_key, registry.task_name("training", method, round_index),
                                                done))
+        elif "namespace" in p:  # trains in the cluster (components.training.launcher)
+            method_kwargs.update(_cluster_hooks(method, run_key, round_index))
         model = entry.load()(*args, **method_kwargs)
         if done:
             mlflow.log_metrics({"train_seconds": done["seconds"], "samples_per_second": done["samples_per_second"]})
@@ -76,7 +83,8 @@ def _run_training(method: str, context: str, run_key: str, params: str, round_in
         test_accuracy = accuracy(model, data.features[test], data.labels[test])
         n_labels = len(labels["rows"])
         mlflow.log_metrics({"test_accuracy": test_accuracy, "labels": n_labels,
-                            "parameters": models.count_parameters(model)})
+                            "parameters": models.count_parameters(model),
+                            "flops": models.count_flops(model, data.features.shape[1:])})
         # The learning curve: one point per round on the parent run, x = number of labels.
         mlflow.MlflowClient().log_metric(parent_run_id(ctx), "teacher_test_accuracy", test_accuracy, step=n_labels)
         models.save(model, model_out, arch, data.meta, arch_kwargs)
@@ -106,6 +114,30 @@ def _worker_hooks(p: dict, arch: str, run_key: str, task: str, done: dict) -> di
     # without one they live in a temporary folder, still enough for torchrun's own restarts.
     return {"checkpoint_dir": os.path.join(root, run_key, task) if root else None, "on_workers": on_workers,
             "on_record": on_record, "on_line": lambda line: print(line, flush=True)}
+
+
+def _cluster_hooks(method: str, run_key: str, round_index: int) -> dict:
+    """Keywords for a method that trains in a TrainJob/Job: this task's MLflow run (the pods fetch
+    the data from it and upload the model to it), a fresh object name, labels to find it by, and
+    hooks that stream its progress and log its name and state as tags (``distillery.k8s.*``)."""
+    import secrets
+
+    import mlflow
+
+    from components.training.launcher import job_name
+
+    def on_job(manifest: dict, state: str) -> None:
+        meta = manifest["metadata"]
+        if state == "Created":
+            mlflow.log_dict(manifest, f"cluster-input/{manifest['kind'].lower()}.json")
+        mlflow.set_tags({"distillery.k8s.kind": manifest["kind"], "distillery.k8s.namespace": meta["namespace"],
+                         "distillery.k8s.name": meta["name"], "distillery.k8s.state": state})
+
+    # A random suffix: a retried task creates a new object and leaves the failed one for inspection.
+    name = job_name(method.replace("_", "-"), run_key[:8], f"r{round_index}", secrets.token_hex(3))
+    return {"run_id": mlflow.active_run().info.run_id, "tracking_uri": mlflow.get_tracking_uri(), "name": name,
+            "job_labels": {"distillery/run-key": job_name(run_key), "distillery/round": str(round_index)},
+            "on_line": progress, "on_job": on_job}
 
 
 @contextmanager

@@ -1,0 +1,154 @@
+"""PROD: progressive distillation through increasingly strong teachers and increasingly hard data.
+
+Lin et al., "PROD: Progressive Distillation for Dense Retrieval", WWW 2023 (arXiv:2209.13335; ref.
+code microsoft/SimXNS ``PROD``); ``../shared/methods.md`` §2.
+
+Teacher-progressive: the student is distilled through a chain of teachers, weakest first. Stage
+``s`` minimises, over the labelled set and the pool,
+``0.1·CE(y, s) + 0.9·T²·KL(t_s ‖ s) + T²·KL(old ‖ s)`` (``T = 4``; CE only where a label is known, the
+KD term then weighted 1), where ``old`` is a frozen copy of the student taken at the start of the
+stage: the forgetting guard. The first stage has no guard (a student that has learnt nothing yet has
+nothing to forget).
+
+Data-progressive: after each stage, the labelled items that the stage's teacher classifies right
+and the student wrong are kept, and the student is distilled further on them (same loss, same guard;
+after the first stage, a frozen copy of the student at that point) for ``hard_epochs``. "Right"
+needs a label, so the hard subset comes from the labelled set.
+
+Where the chain of teachers comes from: :func:`distil` takes a list of teachers (weakest first),
+e.g. the teachers of earlier active-learning rounds, each trained on fewer labels than the next.
+Given one teacher, as the pipeline's distillation task passes it today, the chain is built here by
+:func:`teacher_chain`: copies of the teacher's architecture re-trained from scratch on nested
+fractions of the labelled set (``chain_fractions``, e.g. 25% and 50%), which mimics those earlier
+rounds, followed by the given teacher.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from components.distillation.common import (UNLABELLED, StageEpochs, check_compatible, logits_of,
+                                            training_tensors)
+from components.distillation.hinton_kd import check_kd_params, kd_loss
+from components.training.train import cross_entropy, fit
+
+
+def frozen_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` in eval mode whose parameters take no gradient."""
+    old = copy.deepcopy(model).eval()
+    for p in old.parameters():
+        p.requires_grad_(False)
+    return old
+
+
+def stage_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, old_logits: torch.Tensor | None,
+               labels: torch.Tensor, temperature: float, alpha: float) -> torch.Tensor:
+    """``alpha·CE + (1-alpha)·T²·KL(teacher ‖ student)`` (KD weight 1 on unlabelled items) plus, with a
+    guard, ``T²·KL(old ‖ student)`` on every item; all ``(B, K)`` logits, ``labels`` ``(B,)``."""
+    loss = kd_loss(student_logits, teacher_logits, labels, temperature, alpha)
+    if old_logits is not None:  # alpha = 0 and every item "unlabelled": the plain T²·KL term
+        loss = loss + kd_loss(student_logits, old_logits, torch.full_like(labels, UNLABELLED), temperature, 0.0)
+    return loss
+
+
+def hard_subset(teacher: nn.Module, student: nn.Module, features, labels) -> np.ndarray:
+    """Rows (ascending) of the items ``teacher`` classifies right and ``student`` wrong.
+
+    Args:
+        features: ``(N, D)`` raw features; labels: ``(N,)``.
+    """
+    x = torch.as_tensor(np.asarray(features), dtype=torch.float32)
+    labels = np.asarray(labels)
+    teacher_right = logits_of(teacher, x).argmax(-1).numpy() == labels
+    student_wrong = logits_of(student, x).argmax(-1).numpy() != labels
+    return np.flatnonzero(teacher_right & student_wrong)
+
+
+def reinitialised(model: nn.Module, seed: int) -> nn.Module:
+    """A copy of ``model`` with freshly initialised parameters (every module's ``reset_parameters``)."""
+    torch.manual_seed(seed)
+    fresh = copy.deepcopy(model)
+    for module in fresh.modules():
+        if hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+    return fresh
+
+
+def teacher_chain(teacher: nn.Module, labelled_features, labels, fractions: Sequence[float], *, epochs: int,
+                  lr: float, batch_size: int, seed: int) -> list[nn.Module]:
+    """``[weaker teachers..., teacher]``: for each fraction (ascending), the teacher's architecture
+    re-trained from scratch with cross-entropy on that fraction of the labelled set (nested subsets
+    of one seeded order, so each weaker teacher saw a subset of the next one's labels)."""
+    fractions = list(fractions)
+    if any(not 0 < f < 1 for f in fractions) or fractions != sorted(fractions):
+        raise ValueError(f"chain_fractions must be ascending fractions in (0, 1), got {fractions}")
+    order = np.random.default_rng(seed).permutation(len(labels))
+    x = torch.as_tensor(np.asarray(labelled_features), dtype=torch.float32)
+    y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+    chain = []
+    for i, fraction in enumerate(fractions):
+        rows = torch.as_tensor(order[:max(1, round(fraction * len(order)))])
+        weaker = reinitialised(teacher, seed + i)
+        chain.append(fit(weaker, (x[rows], y[rows]), cross_entropy, epochs, lr, batch_size, seed + i).eval())
+    return [*chain, teacher]
+
+
+def distil_stage(student: nn.Module, teacher: nn.Module, x: torch.Tensor, y: torch.Tensor, *, guard: bool,
+                 temperature: float, alpha: float, epochs: int, lr: float, batch_size: int, seed: int,
+                 on_epoch=None, old: nn.Module | None = None) -> nn.Module | None:
+    """Train ``student`` for ``epochs`` on ``(x, y)`` (labels -1 on the pool) with :func:`stage_loss`;
+    returns the frozen copy used as guard (taken now, or ``old`` when given), ``None`` without guard."""
+    if guard and old is None:
+        old = frozen_copy(student)
+    old = old if guard else None
+    teacher_logits = logits_of(teacher, x)
+    old_logits = logits_of(old, x) if old is not None else torch.zeros_like(teacher_logits)
+
+    def loss(model, xb, tb, ob, yb):
+        return stage_loss(model(xb), tb, ob if old is not None else None, yb, temperature, alpha)
+
+    fit(student, (x, teacher_logits, old_logits, y), loss, epochs, lr, batch_size, seed, on_epoch)
+    return old
+
+
+def distil(teacher: nn.Module | Sequence[nn.Module], student: nn.Module, labelled_features, labels,
+           unlabelled_features, *, seed: int, on_epoch=None, epochs: int, lr: float, batch_size: int,
+           temperature: float = 4.0, alpha: float = 0.1, chain_fractions: Sequence[float] = (0.25, 0.5),
+           chain_epochs: int = 20, hard_epochs: int = 5) -> nn.Module:
+    """Teacher- and data-progressive distillation of ``student``.
+
+    Args:
+        teacher: one teacher (a chain is then built with :func:`teacher_chain` from
+            ``chain_fractions``; ``[]`` distils from it alone), or the chain itself, weakest first.
+        labelled_features: ``(L, D)`` raw features with ``labels`` ``(L,)``.
+        unlabelled_features: ``(U, D)`` (may be empty).
+        epochs: per teacher stage; ``hard_epochs``: on each stage's hard subset.
+        chain_epochs: training epochs of each re-trained weaker teacher.
+    """
+    check_kd_params(temperature, alpha)
+    if hard_epochs < 0 or chain_epochs < 1:
+        raise ValueError(f"need hard_epochs >= 0 and chain_epochs >= 1, got {hard_epochs} and {chain_epochs}")
+    d = labelled_features.shape[1]
+    check_compatible(teacher, student, d, labels=labels)
+    if isinstance(teacher, nn.Module):
+        chain = teacher_chain(teacher, labelled_features, labels, chain_fractions, epochs=chain_epochs, lr=lr,
+                              batch_size=batch_size, seed=seed) if chain_fractions else [teacher]
+    else:
+        chain = list(teacher)
+    x, y = training_tensors(labelled_features, labels, unlabelled_features)
+    labelled_x, labelled_y = x[:len(labels)], y[:len(labels)]
+    stages = StageEpochs(on_epoch)
+    settings = dict(temperature=temperature, alpha=alpha, lr=lr, batch_size=batch_size)
+    for s, stage_teacher in enumerate(chain):
+        old = distil_stage(student, stage_teacher, x, y, guard=s > 0, epochs=epochs, seed=seed + s,
+                           on_epoch=stages.next(epochs), **settings)
+        hard = hard_subset(stage_teacher, student, labelled_x, labelled_y.numpy())
+        if hard_epochs and len(hard):
+            # guarded by the stage's frozen copy (the first stage: a copy taken now, after it learnt)
+            distil_stage(student, stage_teacher, labelled_x[hard], labelled_y[hard], guard=True, old=old,
+                         epochs=hard_epochs, seed=seed + s, on_epoch=stages.next(hard_epochs), **settings)
+    return student.eval()
