@@ -44,6 +44,7 @@ benchmark: data
 	$(PY) benchmarks/spsa_bytes.py
 	$(PY) benchmarks/quality_filtering.py
 	$(PY) benchmarks/consensus_labels.py
+	$(PY) benchmarks/ood_selection.py
 	$(PY) benchmarks/distillation.py
 
 ui: install
