@@ -54,12 +54,13 @@ def run_evaluation(method: str, context: str, run_key: str, params: str, dataset
             for key, value in {**metrics, "parameters": models.count_parameters(model)}.items():
                 mlflow.log_metric(f"{role}_{key}", value)
                 client.log_metric(parent, f"{role}_{key}", value)
-            mlflow.log_figure(plots.confusion_matrix_figure(y_test, probs.argmax(-1).numpy(), data.meta["classes"],
-                                                            f"{role} confusion matrix (test split)"),
-                              f"{role}_confusion_matrix.png")
-            mlflow.log_figure(plots.reliability_diagram_figure(probs.numpy(), y_test, p["ece_bins"],
-                                                               f"{role} reliability diagram (test split)"),
-                              f"{role}_reliability_diagram.png")
+            figures = {"confusion_matrix": plots.confusion_matrix_figure(
+                           y_test, probs.argmax(-1).numpy(), data.meta["classes"], f"{role} confusion matrix (test split)"),
+                       "reliability_diagram": plots.reliability_diagram_figure(
+                           probs.numpy(), y_test, p["ece_bins"], f"{role} reliability diagram (test split)")}
+            for name, figure in figures.items():
+                mlflow.log_figure(figure, f"{role}_{name}.png")
+                plots.close(figure)
         ratio = results["student"]["accuracy"] / results["teacher"]["accuracy"]
         client.log_metric(parent, "student_to_teacher_accuracy", ratio)
         history = sorted(client.get_metric_history(parent, "teacher_test_accuracy"), key=lambda m: m.step)
@@ -68,6 +69,7 @@ def run_evaluation(method: str, context: str, run_key: str, params: str, dataset
                                              "student": results["student"]["accuracy"]})
         mlflow.log_figure(curve, "learning_curve.png")
         client.log_figure(parent, curve, "learning_curve.png")
+        plots.close(curve)
 
         example = np.ascontiguousarray(x_test[:5], dtype=np.float32)
         log_model(fitted["teacher"], "teacher", example)
