@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -413,6 +414,123 @@ def test_ddp_trainjob_task_trains_in_the_pods_what_one_process_trains_here(k8s, 
     assert artifacts == {"cluster-input/train.npz", "cluster-input/trainjob.json", "cluster-output/model.pt"}
     assert [m.step for m in client.get_metric_history(run_id, "train_loss")] == [0, 1]  # logged by the pods
     assert "train_loss_rank1" in run.data.metrics and "test_accuracy" in run.data.metrics
+
+
+def indexed_kubelet(root, env_overrides: dict[str, str]):
+    """An ``on_create`` hook that runs every index of a created Indexed Job as a local process: the
+    container's command + args, with the env the Job gives its pods (Secrets and the pod's own
+    fields resolved, ``$(VAR)`` expanded), its own ``/tmp`` (``root/pod-<index>/tmp``, also inside
+    the JSON config argument) and the master's address on 127.0.0.1. Status follows the
+    processes: Complete when every index exits 0, Failed when one does not."""
+    procs: list[subprocess.Popen] = []
+
+    def on_create(server: FakeKubernetes, plural: str, obj: dict) -> None:
+        assert plural == "jobs"
+        meta, spec = obj["metadata"], obj["spec"]
+        container = spec["template"]["spec"]["containers"][0]
+        key, count, port = (plural, meta["namespace"], meta["name"]), spec["completions"], str(free_port())
+        server.live_status[key] = job_status(active=count)
+        codes: dict[int, int] = {}
+
+        def pod_env(index: int) -> dict[str, str]:
+            fields = {"metadata.labels['batch.kubernetes.io/job-name']": meta["name"],
+                      "metadata.annotations['batch.kubernetes.io/job-completion-index']": str(index)}
+            env = {"PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}",
+                   "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+            for entry in container["env"]:
+                source = entry.get("valueFrom") or {}
+                if "secretKeyRef" in source:
+                    ref = source["secretKeyRef"]
+                    env[entry["name"]] = server.secrets[(meta["namespace"], ref["name"])][ref["key"]]
+                elif "fieldRef" in source:
+                    env[entry["name"]] = fields[source["fieldRef"]["fieldPath"]]
+                else:
+                    env[entry["name"]] = re.sub(r"\$\((\w+)\)", lambda m: env[m[1]], entry["value"])
+            return {**env, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, **env_overrides}
+
+        def run(index: int) -> None:
+            tmp = root / f"pod-{index}" / "tmp"
+            tmp.mkdir(parents=True, exist_ok=True)
+            command = [a.replace('"/tmp/', f'"{tmp}/') if a.startswith("{") else
+                       f"{tmp}{a[4:]}" if a.startswith("/tmp/") else a
+                       for a in container["command"] + container["args"]]
+            env = {k: f"{tmp}{v[4:]}" if v == "/tmp" or v.startswith("/tmp/") else v for k, v in pod_env(index).items()}
+            with open(root / f"pod-{index}.log", "w") as log:
+                proc = subprocess.Popen(command, env=env, cwd=root, stdout=log, stderr=subprocess.STDOUT)
+                procs.append(proc)
+                codes[index] = proc.wait()
+            if len(codes) == count:
+                bad = {i: c for i, c in codes.items() if c}
+                server.live_status[key] = (
+                    job_status(succeeded=count, conditions=[k8s_condition("Complete", "Completed", "done")]) if not bad
+                    else job_status(failed=len(bad), conditions=[k8s_condition("Failed", "Error", f"exit codes {bad}")]))
+
+        for index in range(count):
+            threading.Thread(target=run, args=(index,), daemon=True).start()
+
+    return on_create, procs
+
+
+def test_adbo_job_task_runs_master_and_workers_in_the_job_and_trains_on_their_weights(k8s, tracking, tmp_path,
+                                                                                      monkeypatch):
+    """The training task of method ``adbo_job`` end to end: the Indexed Job it creates runs here
+    (master + 2 workers over torch rpc, one process per index), the learnt weights come back
+    through the task's MLflow run, and the task trains and saves the model."""
+    from components.datasets import LabelledData, save_arrays, save_labelled
+    from components.training import models
+    from components.training.tasks import run_training
+    from conftest import task_context
+
+    folder, uri, client, _ = tracking
+    mnist = ROOT / "data" / "mnist"
+    meta = json.loads((mnist / "dataset.json").read_text())
+    picked = np.random.default_rng(0).permutation(len(np.load(mnist / "labels.npy")))[:400]  # the file is sorted by class
+    x, y = np.load(mnist / "features.npy")[picked].astype(np.float32), np.load(mnist / "labels.npy")[picked]
+    rows = np.arange(0, 400, 2)
+    save_labelled(tmp_path / "dataset", LabelledData(x, y, np.arange(400), meta))
+    save_arrays(tmp_path / "splits", test_rows=np.arange(1, 400, 2), train_rows=rows)
+    save_arrays(tmp_path / "labelled", rows=rows, labels=y[rows])
+    monkeypatch.setenv("KUBECONFIG", str(k8s.kubeconfig(tmp_path / "kubeconfig")))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    k8s.on_create, procs = indexed_kubelet(tmp_path / "pods", {})
+    params = {"arch": "mlp", "arch_kwargs": {"hidden": 16}, "epochs": 20, "workers": 2, "s": 1, "tau": 2,
+              "iterations": 6, "problem_kwargs": {"pca": 10, "warm_start": 5}, "rpc_timeout": 60, "cpu": "1",
+              "memory": "1Gi", "timeout_s": 240, "poll_s": 0.2}
+    try:
+        run_training("adbo_job", task_context(folder, ROOT), "7d2e5b1c-run", json.dumps(params), 0,
+                     *(str(tmp_path / n) for n in ("dataset", "splits", "labelled", "model")))
+    except LaunchError:
+        pytest.fail("\n".join(p.read_text()[-2000:] for p in sorted((tmp_path / "pods").glob("pod-*.log"))))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+
+    model = models.load(str(tmp_path / "model"))
+    assert models.predict_proba(model, x[:5]).shape == (5, 10)
+    (post,) = k8s.posts()
+    body = post.body
+    spec, container = body["spec"], body["spec"]["template"]["spec"]["containers"][0]
+    assert spec["completions"] == spec["parallelism"] == 3 and spec["completionMode"] == "Indexed"
+    assert container["command"][-4:] == ["--", "python", "-m", "components.training.adbo"]
+    config = json.loads(container["args"][container["args"].index("--config-json") + 1])
+    assert (config["workers"], config["min_workers"], config["problem_kwargs"]["data"]) == \
+        (2, 1, "/tmp/adbo/cluster-input/split.npz")
+    assert env_of(container["env"])["WORLD_SIZE"]["value"] == "3"
+    assert body["metadata"]["name"].startswith("adbo-job-7d2e5b1c-r0-")
+    validate_object(body)
+    assert all_violations([body]) == []
+
+    experiment = client.get_experiment_by_name("tasks").experiment_id
+    (run,) = client.search_runs([experiment], filter_string="tags.`distillery.task` = 'round-0-train-adbo_job'")
+    assert run.info.status == "FINISHED" and run.data.tags["distillery.k8s.state"] == "Complete"
+    artifacts = {f.path for d in ("cluster-input", "cluster-output") for f in client.list_artifacts(run.info.run_id, d)}
+    assert artifacts == {"cluster-input/split.npz", "cluster-input/job.json", "cluster-output/final.pt"}
+    assert run.data.metrics["test_accuracy"] > 0.6  # 10 classes, 200 labels, 20 epochs
+    # the master, in pod 0, logged its own run nested under the task's
+    masters = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                                 f"tags.mlflow.parentRunId = '{run.info.run_id}'")
+    assert masters and all(m.info.status == "FINISHED" for m in masters)
 
 
 def test_the_staging_command_uploads_nothing_when_the_command_fails(tracking, tmp_path):

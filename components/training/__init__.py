@@ -54,4 +54,16 @@ METHODS = [
                      "namespace": "distillery", "nodes": 2, "gpus_per_node": 1, "procs_per_node": None, "cpu": "4",
                      "memory": "16Gi", "image": None, "queue": "distillery", "priority_class": "distillery-adhoc",
                      "checkpoint_every": 5, "timeout_s": 7200.0, "poll_s": 15.0, "on_timeout": "leave"}),
+    Method("training", "adbo_job", "Jiao et al., Asynchronous Distributed Bilevel Optimization, ICLR 2023",
+           "`adbo_hyperclean` with the ADBO master and `workers` workers in the cluster, as the Indexed Job of "
+           "k8s/training/async-workers.yaml (stable pod names, one lost worker tolerated); the split goes to the "
+           "pods and the learnt sample weights come back through the task's MLflow run, then the architecture "
+           "is trained on the weighted samples in the task",
+           "components.training.launcher:adbo_job", "components.training.component:train_adbo_job",
+           defaults={"arch": "mlp", "arch_kwargs": {}, "epochs": 30, "lr": 1e-3, "batch_size": 32,
+                     "namespace": "distillery", "workers": 3, "s": 2, "tau": 4, "iterations": 300,
+                     "min_workers": None, "val_fraction": 0.1, "hyper": {}, "problem_kwargs": {},
+                     "rpc_timeout": 120.0, "cpu": "2", "memory": "4Gi", "image": None, "queue": "distillery",
+                     "priority_class": "distillery-adhoc", "timeout_s": 7200.0, "poll_s": 15.0,
+                     "on_timeout": "leave"}),
 ]

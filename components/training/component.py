@@ -64,3 +64,12 @@ def train_ddp_trainjob(context: str, run_key: str, params: str, round_index: int
 
     run_training("ddp_trainjob", context, run_key, params, round_index, dataset.path, splits.path, labelled.path,
                  model.path)
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def train_adbo_job(context: str, run_key: str, params: str, round_index: int, dataset: Input[Dataset],
+                   splits: Input[Dataset], labelled: Input[Dataset], model: Output[Model]):
+    from components.training.tasks import run_training
+
+    run_training("adbo_job", context, run_key, params, round_index, dataset.path, splits.path, labelled.path,
+                 model.path)

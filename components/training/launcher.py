@@ -691,5 +691,59 @@ def ddp_trainjob(features, labels, meta: dict, arch: str, arch_kwargs: dict, epo
         return models.load(model)
 
 
+def adbo_job(features, labels, meta: dict, arch: str, arch_kwargs: dict, epochs: int, lr: float, batch_size: int,
+             seed: int, on_epoch: Callable[[int, float], None] | None = None, *, run_id: str, tracking_uri: str,
+             name: str, namespace: str = NAMESPACE, workers: int = 3, s: int = 2, tau: int = 4, iterations: int = 300,
+             min_workers: int | None = None, val_fraction: float = 0.1, hyper: dict | None = None,
+             problem_kwargs: dict | None = None, rpc_timeout: float = 120.0, cpu: str = "2", memory: str = "4Gi",
+             image: str | None = None, queue: str | None = QUEUE, priority_class: str | None = PRIORITY_CLASS,
+             service_account: str = SERVICE_ACCOUNT, dvc_remote: str = DVC_REMOTE, timeout_s: float = 7200.0,
+             poll_s: float = 15.0, on_timeout: str = "leave", job_labels: dict[str, str] | None = None,
+             pod_dir: str = "/tmp/adbo", api=None, on_line: Callable[[str], None] | None = print,
+             on_job: Callable[[dict, str], None] | None = None):
+    """:func:`components.training.adbo.hyperclean.adbo_hyperclean` with the ADBO run (master +
+    ``workers``) in the cluster as the asynchronous Indexed Job of ``k8s/training/async-workers.yaml``
+    (``workers + 1`` pods, stable names through Service ``distillery-async``, which must exist).
+
+    The hold-out split goes to the pods as ``cluster-input/split.npz`` of MLflow run ``run_id`` (the
+    task's), the master's ``final.pt`` (the learnt sample weights) comes back as
+    ``cluster-output/final.pt``; the master logs its own run nested under ``run_id``. The final
+    model is then trained here, in the task, on the weighted samples. ``min_workers``: the workers
+    the run may go on with (default: all but one, as the Job tolerates one lost index).
+    Other keywords: as :func:`ddp_trainjob` and :func:`async_job_manifest`.
+    """
+    import mlflow
+
+    from components.training.adbo.hyperclean import adbo_hyperclean
+
+    _check_count("workers", workers, 1)
+    client = mlflow.MlflowClient(tracking_uri)
+    api = api or connect()
+    split_artifact = f"{INPUT_DIR}/split.npz"
+
+    def in_the_cluster(config, split: Path, output_dir: Path) -> Path:
+        client.log_artifact(run_id, str(split), INPUT_DIR)
+        problem = {**config.problem_kwargs, "data": f"{pod_dir}/{split_artifact}"}
+        pod_config = {**json.loads(config.to_json()), "problem_kwargs": problem, "tracking_uri": tracking_uri}
+        manifest = async_job_manifest(
+            name, namespace=namespace, image=image, world_size=workers + 1, cpu=cpu, memory=memory, queue=queue,
+            priority_class=priority_class, service_account=service_account, dvc_remote=dvc_remote,
+            labels=job_labels, config=pod_config, output_dir=f"{pod_dir}/run",
+            command=[*stage_command(run_id, pod_dir, [split_artifact], ["run/final.pt"]),
+                     "python", "-m", "components.training.adbo"],
+            env={"MLFLOW_TRACKING_URI": tracking_uri})
+        launch(api, manifest, timeout_s=timeout_s, poll_s=poll_s, on_line=on_line, on_timeout=on_timeout,
+               on_state=(lambda state: on_job(manifest, state)) if on_job else None)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f"{OUTPUT_DIR}/final.pt",
+                                                        dst_path=str(output_dir), tracking_uri=tracking_uri))
+
+    return adbo_hyperclean(features, labels, meta, arch, arch_kwargs, epochs, lr, batch_size, seed, on_epoch,
+                           workers=workers, s=s, tau=tau, iterations=iterations, val_fraction=val_fraction,
+                           hyper={**(hyper or {})}, rpc_timeout=rpc_timeout,
+                           problem_kwargs={**(problem_kwargs or {})}, runner=in_the_cluster,
+                           min_workers=min_workers if min_workers is not None else max(1, workers - 1))
+
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -8,10 +8,10 @@ run's ``teacher_test_accuracy``). Parameters map onto that call in one of two wa
 * no ``arch_kwargs`` parameter (``small_cnn``): the architecture is the method's name and every
   parameter but ``epochs``/``lr``/``batch_size`` is an architecture argument;
 * an ``arch_kwargs`` parameter (``ddp``, ``adbo_hyperclean``, ``spsa_finetune``, ``federated``,
-  ``fusion``, ``ddp_trainjob``): ``arch`` names the architecture, ``arch_kwargs`` holds its
+  ``fusion``, ``ddp_trainjob``, ``adbo_job``): ``arch`` names the architecture, ``arch_kwargs`` holds its
   arguments, and every other parameter is a keyword of the method.
 
-Methods that train in the cluster (parameter ``namespace``: ``ddp_trainjob``, see
+Methods that train in the cluster (parameter ``namespace``: ``ddp_trainjob``, ``adbo_job``, see
 :mod:`components.training.launcher`) also get this task's MLflow run to stage data and model
 through, a fresh object name, and hooks that stream the job's progress and tag the run with
 ``distillery.k8s.kind/namespace/name/state``.

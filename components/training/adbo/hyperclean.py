@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -38,17 +38,33 @@ def hold_out(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray
     return np.setdiff1d(np.arange(len(labels)), val), val
 
 
+# Runs an ADBO config whose problem reads the split file given, and returns the path of the master's
+# final.pt (here, or fetched back from wherever the run happened).
+Runner = Callable[[ADBOConfig, Path, Path], Path]
+
+
+def local_runner(timeout: float | None = None) -> Runner:
+    """Master and workers as processes on this machine (:func:`components.training.adbo.launcher.launch`)."""
+    def run(config: ADBOConfig, split: Path, output_dir: Path) -> Path:
+        launch(config, output_dir, timeout=timeout)
+        return output_dir / "final.pt"
+
+    return run
+
+
 def learn_weights(features: np.ndarray, labels: np.ndarray, val_features: np.ndarray, val_labels: np.ndarray,
-                  num_classes: int, config: dict[str, Any], output_dir: str | Path,
-                  timeout: float | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+                  num_classes: int, config: dict[str, Any], output_dir: str | Path, timeout: float | None = None,
+                  runner: Runner | None = None) -> np.ndarray:
     """ADBO hyper-cleaning on ``(features, labels)`` against the clean ``(val_features, val_labels)``.
 
     Args:
         features: ``(n, D)`` raw training features; ``labels``: ``(n,)`` (possibly noisy).
         config: :class:`ADBOConfig` fields; ``problem_kwargs`` may set ``pca``, ``ridge``,
             ``logit_scale``, ``warm_start`` (the data comes from here).
+        runner: where the ADBO run happens (default :func:`local_runner` with ``timeout``; the
+            cluster's: :func:`components.training.launcher.adbo_job`).
     Returns:
-        ``(weights (n,) in (0, 1), the master's result)``.
+        weights ``(n,)`` in (0, 1).
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -56,10 +72,10 @@ def learn_weights(features: np.ndarray, labels: np.ndarray, val_features: np.nda
                                 (val_features.astype(np.float32), val_labels), num_classes=num_classes)
     problem_kwargs = {**config.get("problem_kwargs", {}), "data": str(split), "noise": 0.0}
     run = ADBOConfig(**{**config, "problem": "hyperclean", "problem_kwargs": problem_kwargs})
-    result = launch(run, output_dir / "run", timeout=timeout)
-    v = torch.load(output_dir / "run" / "final.pt", weights_only=True)["v"]
+    final = (runner or local_runner(timeout))(run, split, output_dir / "run")
+    v = torch.load(final, weights_only=True)["v"]
     scale = float(problem_kwargs.get("logit_scale", problems.DEFAULT_LOGIT_SCALE))
-    return torch.sigmoid(scale * v).numpy(), result
+    return torch.sigmoid(scale * v).numpy()
 
 
 def weighted_cross_entropy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -82,26 +98,27 @@ def _mlflow_parent() -> dict[str, Any]:
 def adbo_hyperclean(features, labels, meta: dict, arch: str, arch_kwargs: dict, epochs: int, lr: float,
                     batch_size: int, seed: int, on_epoch=None, *, workers: int = 2, s: int = 1, tau: int = 4,
                     iterations: int = 150, val_fraction: float = 0.1, hyper: dict | None = None,
-                    problem_kwargs: dict | None = None, rpc_timeout: float = 60.0,
-                    timeout: float | None = 1800.0) -> nn.Module:
+                    problem_kwargs: dict | None = None, rpc_timeout: float = 60.0, min_workers: int = 1,
+                    timeout: float | None = 1800.0, runner: Runner | None = None) -> nn.Module:
     """A fresh ``arch`` model trained on ADBO-weighted samples (see the module docstring).
 
     Args:
         features, labels, meta, arch, arch_kwargs, epochs, lr, batch_size, seed, on_epoch: as
             :func:`components.training.train.train_classifier`.
-        workers, s, tau, iterations, hyper, problem_kwargs, rpc_timeout: the ADBO run
+        workers, s, tau, iterations, hyper, problem_kwargs, rpc_timeout, min_workers: the ADBO run
             (:class:`ADBOConfig`); ``val_fraction``: share of each class held out as clean.
+        runner: where ADBO runs (:func:`learn_weights`); ``timeout`` applies to the local one.
     """
     from components.training.train import fit
 
     features, labels = np.asarray(features), np.asarray(labels)
     train_rows, val_rows = hold_out(labels, val_fraction, seed)
     config = {"workers": workers, "s": s, "tau": tau, "iterations": iterations, "hyper": hyper or {},
-              "problem_kwargs": problem_kwargs or {}, "rpc_timeout": rpc_timeout, "seed": seed,
+              "problem_kwargs": problem_kwargs or {}, "rpc_timeout": rpc_timeout, "min_workers": min_workers, "seed": seed,
               "run_name": "adbo-hyperclean", **_mlflow_parent()}
     with tempfile.TemporaryDirectory(prefix="adbo-") as tmp:
-        weights, _ = learn_weights(features[train_rows], labels[train_rows], features[val_rows], labels[val_rows],
-                                   len(meta["classes"]), config, tmp, timeout)
+        weights = learn_weights(features[train_rows], labels[train_rows], features[val_rows], labels[val_rows],
+                                len(meta["classes"]), config, tmp, timeout, runner)
     sample_weights = np.ones(len(labels), dtype=np.float32)
     sample_weights[train_rows] = weights
     sample_weights /= sample_weights.mean()
