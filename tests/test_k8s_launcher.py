@@ -432,7 +432,9 @@ def indexed_kubelet(root, env_overrides: dict[str, str]):
         server.live_status[key] = job_status(active=count)
         codes: dict[int, int] = {}
 
-        def pod_env(index: int) -> dict[str, str]:
+        def pod_env(index: int, tmp) -> dict[str, str]:
+            """The env of pod ``index``; values the manifest gives as paths under /tmp go to ``tmp``
+            (this machine's own paths, e.g. a checkout under /tmp on PATH, stay as they are)."""
             fields = {"metadata.labels['batch.kubernetes.io/job-name']": meta["name"],
                       "metadata.annotations['batch.kubernetes.io/job-completion-index']": str(index)}
             env = {"PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}",
@@ -445,7 +447,8 @@ def indexed_kubelet(root, env_overrides: dict[str, str]):
                 elif "fieldRef" in source:
                     env[entry["name"]] = fields[source["fieldRef"]["fieldPath"]]
                 else:
-                    env[entry["name"]] = re.sub(r"\$\((\w+)\)", lambda m: env[m[1]], entry["value"])
+                    value = re.sub(r"\$\((\w+)\)", lambda m: env[m[1]], entry["value"])
+                    env[entry["name"]] = f"{tmp}{value[4:]}" if value == "/tmp" or value.startswith("/tmp/") else value
             return {**env, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, **env_overrides}
 
         def run(index: int) -> None:
@@ -454,7 +457,7 @@ def indexed_kubelet(root, env_overrides: dict[str, str]):
             command = [a.replace('"/tmp/', f'"{tmp}/') if a.startswith("{") else
                        f"{tmp}{a[4:]}" if a.startswith("/tmp/") else a
                        for a in container["command"] + container["args"]]
-            env = {k: f"{tmp}{v[4:]}" if v == "/tmp" or v.startswith("/tmp/") else v for k, v in pod_env(index).items()}
+            env = pod_env(index, tmp)
             with open(root / f"pod-{index}.log", "w") as log:
                 proc = subprocess.Popen(command, env=env, cwd=root, stdout=log, stderr=subprocess.STDOUT)
                 procs.append(proc)
