@@ -198,10 +198,13 @@ def test_an_unreachable_master_is_an_error_after_the_timeout_not_a_hang(xy, tmp_
 # ---------------------------------------------------------------------------------------------
 # the `ddp` training task, against a real MLflow store
 
-def test_ddp_training_task_saves_a_model_and_logs_per_worker_and_system_metrics(tmp_path):
+def test_ddp_training_task_saves_a_model_and_logs_per_worker_and_system_metrics(tmp_path, monkeypatch):
     import mlflow
 
     from components.training.tasks import run_training
+
+    # this run takes a few seconds: sample more often than the task's 5 s, or no sample may land
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.5")
 
     features, labels = np.load(MNIST / "features.npy")[:300], np.load(MNIST / "labels.npy")[:300]
     save_labelled(tmp_path / "dataset", LabelledData(features.astype(np.float32), labels, np.arange(300), META))

@@ -152,7 +152,8 @@ def _system_metrics(enabled: bool):
     keys = ("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL")
     before = {k: os.environ.get(k) for k in keys}
     mlflow.enable_system_metrics_logging()
-    mlflow.set_system_metrics_sampling_interval(SYSTEM_METRICS_INTERVAL_S)
+    if before["MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"] is None:  # an explicit setting wins
+        mlflow.set_system_metrics_sampling_interval(SYSTEM_METRICS_INTERVAL_S)
     try:
         yield
     finally:
