@@ -1,5 +1,5 @@
-"""What the active-learning benchmarks share: which strategies they run, and what they write besides
-their numbers (the machine it ran on, the JSON file plus the printed table)."""
+"""What the benchmarks share: what they write besides their numbers (the machine it ran on, the JSON
+file plus the printed table) and, for the active-learning ones, which strategies they run."""
 from __future__ import annotations
 
 import json
@@ -13,11 +13,13 @@ import numpy as np
 
 
 def machine_info(load_before: float) -> dict:
+    import scipy
     import sklearn
     import torch
 
     return {"cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
-            "torch": torch.__version__, "numpy": np.__version__, "scikit-learn": sklearn.__version__,
+            "torch": torch.__version__, "numpy": np.__version__, "scipy": scipy.__version__,
+            "scikit-learn": sklearn.__version__,
             _peers.PEER: _peers.peer_version(),
             "load_avg_1min": {"before": load_before, "after": os.getloadavg()[0]}}
 

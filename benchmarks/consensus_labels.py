@@ -21,9 +21,7 @@ the reliability rank them right?), and the number of label profiles the ADMM ran
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -44,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--output", type=Path, default=RESULTS / "consensus_labels.json")
     args = parser.parse_args(argv)
+    from _results import machine_info, write_result
     from threadpoolctl import threadpool_limits
 
     load_before = os.getloadavg()[0]
@@ -52,8 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     names = list(runs[0]["reliability"])
     result = {
         "benchmark": "consensus_labels", "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "machine": {"cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
-                    "load_avg_1min": {"before": load_before, "after": os.getloadavg()[0]}},
+        "machine": machine_info(load_before),
         "setup": {"items": runs[0]["items"], "annotators": {**{n: f"honest, {r:.0%} random flips" for n, r in HONEST.items()},
                                                             "adversarial": "30% flips to (y+1) mod 10",
                                                             "lazy": "always class 0"}},
@@ -69,11 +67,7 @@ def main(argv: list[str] | None = None) -> int:
             "admm_seconds": float(np.mean([r["seconds"] for r in runs])),
         },
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2) + "\n")
-    print_result(result)
-    print(f"\nWrote {args.output}")
-    return 0
+    return write_result(result, args.output, print_result)
 
 
 def annotate(truth: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:

@@ -131,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         args.iterations, args.epochs = QUICK["iterations"], QUICK["epochs"]
 
     import torch
+    from _results import machine_info, write_result
 
     torch.set_num_threads(1)
     load_before = os.getloadavg()[0]
@@ -141,13 +142,8 @@ def main(argv: list[str] | None = None) -> int:
                            "poison_fraction": args.poison, "target_class": 0,
                            "trigger": "4x4 bottom-right (white for NAIVEATTACK; optimised for DOORPING)",
                            "threads": 1, "quick": args.quick},
-              **out, "machine": {"cores": os.cpu_count(), "torch": torch.__version__,
-                                 "load_avg_1min": {"before": load_before, "after": os.getloadavg()[0]}}}
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2) + "\n")
-    print_tables(result)
-    print(f"\nWrote {args.output}")
-    return 0
+              **out, "machine": machine_info(load_before)}
+    return write_result(result, args.output, print_tables)
 
 
 if __name__ == "__main__":

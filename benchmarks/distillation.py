@@ -514,8 +514,7 @@ def main(argv: list[str] | None = None) -> int:
     result["summary"] = summary(kd, dd, args.students[0])
     result["targets"] = targets(kd, dd, fair)
     result["seconds"] = time.perf_counter() - started
-    result["machine"] = {"cores": os.cpu_count(), "torch": torch.__version__,
-                         "load_avg_1min": {"before": load_before, "after": os.getloadavg()[0]}}
+    result["machine"] = _results.machine_info(load_before)
     output = args.output or RESULTS / ("distillation_quick.json" if args.quick else "distillation.json")
     return _results.write_result(result, output, print_result)
 

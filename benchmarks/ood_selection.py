@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     import torch
-    from _results import write_result
+    from _results import machine_info, write_result
 
     torch.set_num_threads(1)
     load_before = os.getloadavg()[0]
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "benchmark": "ood_selection",
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "machine": machine(load_before),
+        "machine": machine_info(load_before),
         "protocol": {"train_domains": TRAIN_DOMAINS, "test_domains": TEST_DOMAINS, "images": 5000,
                      "train_images_per_domain": 800, "validation_images_per_domain": 200,
                      "test_images_per_domain": 1000, "candidates": [c[0] for c in candidates],
@@ -79,17 +79,6 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": time.perf_counter() - started,
     }
     return write_result(result, args.output, print_result)
-
-
-def machine(load_before: float) -> dict:
-    import platform
-
-    import scipy
-    import torch
-
-    return {"cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
-            "torch": torch.__version__, "numpy": np.__version__, "scipy": scipy.__version__,
-            "load_avg_1min": {"before": load_before, "after": os.getloadavg()[0]}}
 
 
 def make_data(seed: int) -> dict[str, dict[str, np.ndarray]]:

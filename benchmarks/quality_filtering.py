@@ -28,9 +28,7 @@ reported.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -52,20 +50,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--output", type=Path, default=RESULTS / "quality_filtering.json")
     args = parser.parse_args(argv)
+    from _results import machine_info, write_result
     from threadpoolctl import threadpool_limits
 
     started, load_before = time.perf_counter(), os.getloadavg()[0]
     with threadpool_limits(1):
         result = run(train_size=1000 if args.quick else 4000, seeds=1 if args.quick else args.seeds,
                      budgets=(250, 1000, 8000) if args.quick else BUDGETS)
-    result["machine"] = {"cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
-                         "load_avg_1min": {"before": load_before, "after": os.getloadavg()[0]}}
+    result["machine"] = machine_info(load_before)
     result["seconds"] = time.perf_counter() - started
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2) + "\n")
-    print_result(result)
-    print(f"\nWrote {args.output}")
-    return 0
+    return write_result(result, args.output, print_result)
 
 
 def noisy_buckets(train_size: int, seed: int = 0):

@@ -23,9 +23,11 @@ def _registered() -> list[str]:
     return [m.name for m in registry.methods("selection")]
 
 
-def test_quick_benchmarks_write_sane_summaries(tmp_path):
-    outputs = {name: tmp_path / f"{name}.json" for name in ("al_label_efficiency", "al_selection_speed")}
-    processes = {name: subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / f"{name}.py"), "--quick",
+def run_quick(tmp_path, *names: str, extra: tuple[str, ...] = ()) -> tuple[dict[str, dict], dict[str, str]]:
+    """Run ``benchmarks/<name>.py --quick`` for every name side by side, as a user runs them; each
+    must exit 0. Returns ``(name -> result JSON, name -> its output)``."""
+    outputs = {name: tmp_path / f"{name}.json" for name in names}
+    processes = {name: subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / f"{name}.py"), "--quick", *extra,
                                          "--output", str(path)], cwd=ROOT, stdout=subprocess.PIPE,
                                         stderr=subprocess.STDOUT, text=True)
                  for name, path in outputs.items()}
@@ -33,11 +35,13 @@ def test_quick_benchmarks_write_sane_summaries(tmp_path):
     for name, process in processes.items():
         logs[name], _ = process.communicate(timeout=600)
         assert process.returncode == 0, f"{name} --quick failed:\n{logs[name][-3000:]}"
+    return {name: json.loads(path.read_text()) for name, path in outputs.items()}, logs
 
-    efficiency = json.loads(outputs["al_label_efficiency"].read_text())
-    _check_label_efficiency(efficiency, logs["al_label_efficiency"])
-    speed = json.loads(outputs["al_selection_speed"].read_text())
-    _check_selection_speed(speed, logs["al_selection_speed"])
+
+def test_quick_benchmarks_write_sane_summaries(tmp_path):
+    results, logs = run_quick(tmp_path, "al_label_efficiency", "al_selection_speed")
+    _check_label_efficiency(results["al_label_efficiency"], logs["al_label_efficiency"])
+    _check_selection_speed(results["al_selection_speed"], logs["al_selection_speed"])
 
 
 def _check_label_efficiency(result: dict, log: str) -> None:
@@ -91,15 +95,8 @@ def _check_selection_speed(result: dict, log: str) -> None:
 
 def test_quick_curation_benchmarks_write_sane_summaries(tmp_path):
     """quality_filtering and consensus_labels ``--quick`` (about 30 s together on 2 cores)."""
-    outputs = {name: tmp_path / f"{name}.json" for name in ("quality_filtering", "consensus_labels")}
-    processes = {name: subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / f"{name}.py"), "--quick",
-                                         "--output", str(path)], cwd=ROOT, stdout=subprocess.PIPE,
-                                        stderr=subprocess.STDOUT, text=True)
-                 for name, path in outputs.items()}
-    for name, process in processes.items():
-        log, _ = process.communicate(timeout=600)
-        assert process.returncode == 0, f"{name} --quick failed:\n{log[-3000:]}"
-    quality = json.loads(outputs["quality_filtering"].read_text())
+    results, _ = run_quick(tmp_path, "quality_filtering", "consensus_labels")
+    quality = results["quality_filtering"]
     assert [r["budget"] for r in quality["budgets"]] == [250, 1000, 8000]
     for row in quality["budgets"]:
         assert len(row["predicted"]) == len(row["measured"]) == 4
@@ -107,7 +104,7 @@ def test_quick_curation_benchmarks_write_sane_summaries(tmp_path):
         assert row["predicted_pick"] in {"top1", "top2", "top3", "top4"}
     assert all(law["b"] < 0 for law in quality["laws"])
     assert set(quality["summary"]["choice_changes_with_budget"]) == {"predicted", "measured", "step"}
-    consensus = json.loads(outputs["consensus_labels"].read_text())["summary"]
+    consensus = results["consensus_labels"]["summary"]
     assert consensus["consensus_accuracy"] > 0.9 and consensus["majority_vote_accuracy"] > 0.8
     assert consensus["reliability"]["lazy"]["agreement_with_consensus"] < 0.2
     assert set(consensus["reliability"]) == {"careful", "average", "hurried", "adversarial", "lazy"}
@@ -119,11 +116,8 @@ def test_quick_distillation_benchmark_writes_the_issue_summary(tmp_path):
     installed ``--no-deps``) is either run or reported as not run, never faked."""
     from components import registry
 
-    output = tmp_path / "distillation.json"
-    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "distillation.py"), "--quick", "--students", "cnn9k",
-                          "--output", str(output)], cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, f"distillation --quick failed:\n{(run.stdout + run.stderr)[-3000:]}"
-    result = json.loads(output.read_text())
+    results, logs = run_quick(tmp_path, "distillation", extra=("--students", "cnn9k"))
+    result = results["distillation"]
     summary = result["summary"]
     assert set(summary) == {"teacher_accuracy", "teacher_params", "students", "scarce", "peer_kd_accuracy",
                             "peer_status", "dm_vs_random", "asr"}
@@ -149,4 +143,4 @@ def test_quick_distillation_benchmark_writes_the_issue_summary(tmp_path):
     assert "stratified" in result["protocol"]["split"]
     assert result["fairness"]["reliant"]["delta_sp"] and result["fairness"]["hinton_kd"]["accuracy"]
     assert all(v is None or isinstance(v, bool) for v in result["targets"].values())
-    assert "Label-scarce: 200 labels + 800 unlabelled" in run.stdout and "ms/1,000" in run.stdout
+    assert "Label-scarce: 200 labels + 800 unlabelled" in logs["distillation"] and "ms/1,000" in logs["distillation"]
