@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
@@ -19,11 +20,11 @@ def test_figures_draw_the_pool_and_the_balance():
     fig = plots.score_histogram_figure(scores, np.argsort(-scores)[:20], "round 1")
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["pool (500 items)", "selected (20)", "selected items"]
-    plots.close(fig)
+    plt.close(fig)
     fig = plots.class_balance_figure(np.array([3, 0, 2]), np.array([1, 4, 0]), ["a", "b", "c"], "round 1")
     heights = [p.get_height() for p in fig.axes[0].patches]
     assert heights == [3, 0, 2, 1, 4, 0]
-    plots.close(fig)
+    plt.close(fig)
 
 
 def test_selection_and_labelling_log_scores_histogram_and_class_balance(tmp_path):

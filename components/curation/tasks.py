@@ -90,11 +90,10 @@ def _log_artifacts(artifacts: dict[str, object]) -> None:
     """A dict/list is logged as JSON, a matplotlib Figure as an image (then closed)."""
     import mlflow
 
+    from components.evaluation.plots import log_figure
+
     for name, artifact in artifacts.items():
         if isinstance(artifact, (dict, list)):
             mlflow.log_dict(artifact, name)
         else:
-            import matplotlib.pyplot as plt
-
-            mlflow.log_figure(artifact, name)
-            plt.close(artifact)
+            log_figure(artifact, name)

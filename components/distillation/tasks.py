@@ -82,7 +82,7 @@ def run_dataset_distillation(method: str, context: str, run_key: str, params: st
 
     from components.datasets import save_labelled
     from components.distillation.dataset_dm import synthetic_grid_figure
-    from components.evaluation.plots import close
+    from components.evaluation.plots import log_figure
 
     with method_task("dataset_distillation", method, context, run_key, params) as (ctx, entry, p):
         data = load_labelled(dataset)
@@ -97,9 +97,7 @@ def run_dataset_distillation(method: str, context: str, run_key: str, params: st
 
         synthetic = entry.load()(data, seed=ctx.seed, on_iteration=on_iteration,
                                  source=f"{ctx.data['path']} (data version {ctx.data_version})", **p)
-        figure = synthetic_grid_figure(synthetic, p["ipc"])
-        mlflow.log_figure(figure, "synthetic_images.png")
-        close(figure)
+        log_figure(synthetic_grid_figure(synthetic, p["ipc"]), "synthetic_images.png")
         mlflow.log_dict(synthetic.meta, "synthetic_dataset.json")
         mlflow.log_metrics({"synthetic_items": len(synthetic.labels), "source_items": len(data.labels)})
         save_labelled(synthetic_out, synthetic)

@@ -43,8 +43,14 @@ def learning_curve_figure(n_labels: list[int], accuracy: list[float], reference:
     return fig
 
 
-def close(fig) -> None:
-    """Free a figure once logged (tasks make one or two per round)."""
+def log_figure(fig, artifact_file: str, also_to: tuple[str, ...] = ()) -> None:
+    """Log ``fig`` to the active MLflow run (and to the runs ``also_to``), then free it: tasks make a
+    few per round, and pyplot keeps every open figure alive."""
+    import mlflow
+
+    mlflow.log_figure(fig, artifact_file)
+    for run_id in also_to:
+        mlflow.MlflowClient().log_figure(run_id, fig, artifact_file)
     _pyplot().close(fig)
 
 

@@ -59,17 +59,14 @@ def run_evaluation(method: str, context: str, run_key: str, params: str, dataset
                        "reliability_diagram": plots.reliability_diagram_figure(
                            probs.numpy(), y_test, p["ece_bins"], f"{role} reliability diagram (test split)")}
             for name, figure in figures.items():
-                mlflow.log_figure(figure, f"{role}_{name}.png")
-                plots.close(figure)
+                plots.log_figure(figure, f"{role}_{name}.png")
         ratio = results["student"]["accuracy"] / results["teacher"]["accuracy"]
         client.log_metric(parent, "student_to_teacher_accuracy", ratio)
         history = sorted(client.get_metric_history(parent, "teacher_test_accuracy"), key=lambda m: m.step)
         curve = plots.learning_curve_figure([m.step for m in history], [m.value for m in history],
                                             {"final teacher": results["teacher"]["accuracy"],
                                              "student": results["student"]["accuracy"]})
-        mlflow.log_figure(curve, "learning_curve.png")
-        client.log_figure(parent, curve, "learning_curve.png")
-        plots.close(curve)
+        plots.log_figure(curve, "learning_curve.png", also_to=(parent,))
 
         example = np.ascontiguousarray(x_test[:5], dtype=np.float32)
         log_model(fitted["teacher"], "teacher", example)
@@ -237,8 +234,7 @@ def run_ood_selection(method: str, context: str, run_key: str, params: str, data
             mlflow.log_dict(stats[label].to_dict(), f"ood_features/{label}.json")
             figure = plots.feature_variation_figure(stats[label].variation, stats[label].informativeness,
                                                     p["informative_threshold"], f"{label}: penultimate features")
-            mlflow.log_figure(figure, f"ood_features/{label}.png")
-            plots.close(figure)
+            plots.log_figure(figure, f"ood_features/{label}.png")
         mlflow.log_dict({**selection.to_dict(), "candidates": {"teacher": "pipeline teacher",
                                                                "student": "pipeline student", **candidates},
                          "domains": specs}, "ood_selection.json")
@@ -260,7 +256,7 @@ def run_backdoor_audit(method: str, context: str, run_key: str, params: str, dat
     import mlflow
 
     from components.distillation.backdoor_audit import Trigger, triggered_grid_figure
-    from components.evaluation.plots import close
+    from components.evaluation import plots
 
     with method_task("evaluation", method, context, run_key, params) as (ctx, entry, p):
         data, reference = load_labelled(dataset), load_labelled(test)
@@ -273,9 +269,8 @@ def run_backdoor_audit(method: str, context: str, run_key: str, params: str, dat
                               arch=p["arch"], arch_kwargs=p["arch_kwargs"], epochs=p["epochs"], lr=p["lr"],
                               batch_size=p["batch_size"], seed=ctx.seed, floor=p["floor"], factor=p["factor"])
         mlflow.log_metrics(result.metrics())
-        figure = triggered_grid_figure(reference.features, reference.labels, result, trigger, data.meta)
-        mlflow.log_figure(figure, "triggered_examples.png")
-        close(figure)
+        plots.log_figure(triggered_grid_figure(reference.features, reference.labels, result, trigger, data.meta),
+                         "triggered_examples.png")
         mlflow.set_tag("backdoor_audit", result.verdict)
         progress(f"ASR {result.attack_success_rate:.3f} (threshold {result.threshold:.3f}, baseline "
                  f"{result.baseline_rate:.3f}), clean accuracy {result.clean_accuracy:.3f}: {result.verdict}")

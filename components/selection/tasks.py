@@ -50,8 +50,7 @@ def log_selection(ctx, method: str, round_index: int, ids: np.ndarray, scores: n
                     "selected_ids.json")
     fig = plots.score_histogram_figure(scores, positions, f"round {round_index}: {method} scores, "
                                                           f"{len(positions)} of {len(scores)} selected")
-    mlflow.log_figure(fig, "score_histogram.png")
-    plots.close(fig)
+    plots.log_figure(fig, "score_histogram.png")
 
 
 def run_labelling(method: str, context: str, run_key: str, params: str, round_index: int, dataset: str,
@@ -80,8 +79,7 @@ def run_labelling(method: str, context: str, run_key: str, params: str, round_in
         mlflow.log_dict({c: int(n) for c, n in zip(data.meta["classes"], counts)}, "class_balance.json")
         fig = plots.class_balance_figure(old, new, data.meta["classes"],
                                          f"round {round_index}: labelled set, {len(rows)} items")
-        mlflow.log_figure(fig, "class_balance.png")
-        plots.close(fig)
+        plots.log_figure(fig, "class_balance.png")
         progress(f"round {round_index}: {len(new_labels)} new labels, {len(rows)} labelled in total")
 
 
