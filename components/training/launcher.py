@@ -651,7 +651,6 @@ def ddp_trainjob(features, labels, meta: dict, arch: str, arch_kwargs: dict, epo
     hears ``"Created"``, then ``"Complete"``, ``"Failed"`` or ``"TimedOut"``. Other keywords: as
     :func:`trainjob_manifest` and :func:`launch`.
     """
-    import mlflow
     import numpy as np
 
     from components.training import models
@@ -678,17 +677,29 @@ def ddp_trainjob(features, labels, meta: dict, arch: str, arch_kwargs: dict, epo
         env={**{e["name"]: None for e in load_template(TRAINJOB_TEMPLATE, "TrainJob")["spec"]["trainer"]["env"]
                 if e["name"].startswith(ENV_PREFIX)}, "MLFLOW_TRACKING_URI": tracking_uri})
     api = api or connect()
-    client = mlflow.MlflowClient(tracking_uri)
     with tempfile.TemporaryDirectory(prefix="distillery-trainjob-") as tmp:
         path = Path(tmp) / "train.npz"
         np.savez(path, features=np.asarray(features, dtype=np.float32), labels=np.asarray(labels, dtype=np.int64),
                  meta=np.array(json.dumps(meta, sort_keys=True)))
-        client.log_artifact(run_id, str(path), INPUT_DIR)
-        launch(api, manifest, timeout_s=timeout_s, poll_s=poll_s, on_line=on_line, on_timeout=on_timeout,
-               on_state=(lambda state: on_job(manifest, state)) if on_job else None)
-        model = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f"{OUTPUT_DIR}/model.pt",
-                                                    dst_path=tmp, tracking_uri=tracking_uri)
+        model = staged_launch(api, manifest, run_id, tracking_uri, path, "model.pt", Path(tmp), timeout_s=timeout_s,
+                              poll_s=poll_s, on_line=on_line, on_timeout=on_timeout, on_job=on_job)
         return models.load(model)
+
+
+def staged_launch(api, manifest: dict, run_id: str, tracking_uri: str, upload: Path, output: str, dst: Path, *,
+                  timeout_s: float, poll_s: float, on_line: Callable[[str], None] | None, on_timeout: str,
+                  on_job: Callable[[dict, str], None] | None) -> Path:
+    """Log ``upload`` to run ``run_id``'s ``cluster-input/``, :func:`launch` ``manifest`` (whose pods
+    run :func:`stage`) to completion, and return the pods' ``output`` (from ``cluster-output/``),
+    downloaded into ``dst``."""
+    import mlflow
+
+    mlflow.MlflowClient(tracking_uri).log_artifact(run_id, str(upload), INPUT_DIR)
+    launch(api, manifest, timeout_s=timeout_s, poll_s=poll_s, on_line=on_line, on_timeout=on_timeout,
+           on_state=(lambda state: on_job(manifest, state)) if on_job else None)
+    dst.mkdir(parents=True, exist_ok=True)
+    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f"{OUTPUT_DIR}/{output}",
+                                                    dst_path=str(dst), tracking_uri=tracking_uri))
 
 
 def adbo_job(features, labels, meta: dict, arch: str, arch_kwargs: dict, epochs: int, lr: float, batch_size: int,
@@ -712,17 +723,13 @@ def adbo_job(features, labels, meta: dict, arch: str, arch_kwargs: dict, epochs:
     the run may go on with (default: all but one, as the Job tolerates one lost index).
     Other keywords: as :func:`ddp_trainjob` and :func:`async_job_manifest`.
     """
-    import mlflow
-
     from components.training.adbo.hyperclean import adbo_hyperclean
 
     _check_count("workers", workers, 1)
-    client = mlflow.MlflowClient(tracking_uri)
     api = api or connect()
     split_artifact = f"{INPUT_DIR}/split.npz"
 
     def in_the_cluster(config, split: Path, output_dir: Path) -> Path:
-        client.log_artifact(run_id, str(split), INPUT_DIR)
         problem = {**config.problem_kwargs, "data": f"{pod_dir}/{split_artifact}"}
         pod_config = {**json.loads(config.to_json()), "problem_kwargs": problem, "tracking_uri": tracking_uri}
         manifest = async_job_manifest(
@@ -732,16 +739,12 @@ def adbo_job(features, labels, meta: dict, arch: str, arch_kwargs: dict, epochs:
             command=[*stage_command(run_id, pod_dir, [split_artifact], ["run/final.pt"]),
                      "python", "-m", "components.training.adbo"],
             env={"MLFLOW_TRACKING_URI": tracking_uri})
-        launch(api, manifest, timeout_s=timeout_s, poll_s=poll_s, on_line=on_line, on_timeout=on_timeout,
-               on_state=(lambda state: on_job(manifest, state)) if on_job else None)
-        output_dir.mkdir(parents=True, exist_ok=True)
-        return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f"{OUTPUT_DIR}/final.pt",
-                                                        dst_path=str(output_dir), tracking_uri=tracking_uri))
+        return staged_launch(api, manifest, run_id, tracking_uri, split, "final.pt", output_dir, timeout_s=timeout_s,
+                             poll_s=poll_s, on_line=on_line, on_timeout=on_timeout, on_job=on_job)
 
     return adbo_hyperclean(features, labels, meta, arch, arch_kwargs, epochs, lr, batch_size, seed, on_epoch,
                            workers=workers, s=s, tau=tau, iterations=iterations, val_fraction=val_fraction,
-                           hyper={**(hyper or {})}, rpc_timeout=rpc_timeout,
-                           problem_kwargs={**(problem_kwargs or {})}, runner=in_the_cluster,
+                           hyper=hyper, rpc_timeout=rpc_timeout, problem_kwargs=problem_kwargs, runner=in_the_cluster,
                            min_workers=min_workers if min_workers is not None else max(1, workers - 1))
 
 
