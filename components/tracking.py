@@ -68,8 +68,16 @@ def _client(ctx: RunContext):
 
     mlflow.set_tracking_uri(ctx.tracking_uri)
     experiment = mlflow.get_experiment_by_name(ctx.experiment)
-    experiment_id = (experiment.experiment_id if experiment
-                     else mlflow.create_experiment(ctx.experiment, artifact_location=ctx.artifact_location))
+    if experiment is not None:
+        return mlflow.MlflowClient(ctx.tracking_uri), experiment.experiment_id
+    try:
+        experiment_id = mlflow.create_experiment(ctx.experiment, artifact_location=ctx.artifact_location)
+    except mlflow.exceptions.MlflowException as exc:
+        # tasks that start together race to create it: whoever loses uses the winner's
+        experiment = mlflow.get_experiment_by_name(ctx.experiment)
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS" or experiment is None:
+            raise
+        experiment_id = experiment.experiment_id
     return mlflow.MlflowClient(ctx.tracking_uri), experiment_id
 
 

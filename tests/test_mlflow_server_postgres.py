@@ -146,3 +146,28 @@ def _post(url: str, payload: dict | None, credentials: tuple[str, str] | None = 
             return response.status, json.loads(response.read() or b"{}")
     except urllib.error.HTTPError as exc:
         return exc.code, None
+
+
+def test_a_task_that_loses_the_race_to_create_the_experiment_uses_the_winners(tmp_path, monkeypatch):
+    """Two tasks starting together both miss the experiment and both create it: the loser's create
+    fails with RESOURCE_ALREADY_EXISTS and it must carry on in the winner's experiment (the race the
+    concurrency test above can hit; here forced by a first lookup that misses, on a real store)."""
+    import mlflow
+
+    from components import tracking
+    from conftest import task_context
+
+    ctx = tracking.RunContext.from_json(task_context(tmp_path, ROOT))
+    mlflow.set_tracking_uri(ctx.tracking_uri)
+    winner = mlflow.create_experiment(ctx.experiment, artifact_location=ctx.artifact_location)
+    lookups = []
+    real_lookup = mlflow.get_experiment_by_name
+
+    def lookup_missing_first(name):
+        lookups.append(name)
+        return None if len(lookups) == 1 else real_lookup(name)
+
+    monkeypatch.setattr(mlflow, "get_experiment_by_name", lookup_missing_first)
+    _, experiment_id = tracking._client(ctx)
+    assert experiment_id == winner and len(lookups) == 2
+    mlflow.set_tracking_uri(None)
