@@ -1,4 +1,4 @@
-"""Model zoo (StarNet, RepGhost), re-parameterisation, FLOPs, save/load and ONNX export."""
+"""Model zoo (StarNet, RepGhost, the tiny CNN), re-parameterisation, FLOPs, save/load and ONNX export."""
 from __future__ import annotations
 
 import copy
@@ -17,7 +17,8 @@ from components.training import models
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 MNIST_META = {"name": "m", "feature_shape": [1, 28, 28], "classes": [str(i) for i in range(10)], "value_range": [0, 255]}
-STUDENTS = ("mlp", "starnet", "repghost")
+STUDENTS = ("mlp", "tiny_cnn", "starnet", "repghost")
+REPARAMETERISABLE = ("starnet", "repghost")
 
 
 @functools.cache
@@ -55,13 +56,24 @@ def zoo() -> dict[str, nn.Module]:
 
 def test_students_are_small_and_learn_a_star_and_a_ghost_block():
     teacher = models.count_parameters(models.build("small_cnn", MNIST_META))
-    for arch in ("starnet", "repghost"):
+    for arch in ("tiny_cnn", "starnet", "repghost"):
         n = models.count_parameters(models.build(arch, MNIST_META))
         assert n <= 25_000 and 10 * n <= teacher, (arch, n, teacher)
     star = models.build("starnet", MNIST_META)
     assert any(isinstance(m, models.StarBlock) for m in star.modules())
     ghost = models.build("repghost", MNIST_META)
     assert sum(isinstance(m, models.RepGhostModule) for m in ghost.modules()) == 4
+
+
+def test_tiny_cnn_keeps_its_parameters_in_three_conv_blocks():
+    model = models.build("tiny_cnn", MNIST_META)
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [8, 16, 32]
+    assert models.count_parameters(model) == 8_778  # 25.7x fewer than the 225,870-parameter teacher
+    assert not any(isinstance(m, nn.Dropout) for m in model.modules())
+    assert model(torch.rand(5, 784) * 255).shape == (5, 10)
+    with pytest.raises(ValueError, match="leave no pixels"):
+        models.build("tiny_cnn", {**MNIST_META, "feature_shape": [1, 6, 6]})
 
 
 def test_star_operation_is_the_product_of_two_branches():
@@ -114,7 +126,7 @@ def test_save_load_round_trips_new_archs(tmp_path, zoo, fused):
         model = models.fuse(copy.deepcopy(model)) if fused else model
         models.save(model, tmp_path / f"{arch}.pt", arch, MNIST_META, {})
         loaded = models.load(tmp_path / f"{arch}.pt")
-        assert models.is_fused(loaded) == (fused and arch != "mlp")
+        assert models.is_fused(loaded) == (fused and arch in REPARAMETERISABLE)
         with torch.no_grad():
             torch.testing.assert_close(loaded(x), model(x), atol=0, rtol=0)
 
