@@ -26,7 +26,7 @@ METHODS = [
            "Distils through increasingly strong teachers, each stage guarded by KL to a frozen copy of the student, "
            "then on the items the teacher gets right and the student wrong",
            "components.distillation.prod:distil", "components.distillation.component:distil_prod",
-           defaults={"student": "mlp", "hidden": 40, "student_kwargs": {}, "chain_fractions": [0.25, 0.5],
+           defaults={"student": "mlp", "hidden": 40, "student_kwargs": {}, "chain_checkpoints": [0.07, 0.33],
                      "chain_epochs": 20, "hard_epochs": 5, "temperature": 4.0, "alpha": 0.1, "epochs": 20, "lr": 2e-3,
                      "batch_size": 64}),
     Method("distillation", "reliant", "Dong et al., RELIANT: Fair Knowledge Distillation for Graph Neural Networks, "

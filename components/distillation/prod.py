@@ -16,11 +16,14 @@ after the first stage, a frozen copy of the student at that point) for ``hard_ep
 needs a label, so the hard subset comes from the labelled set.
 
 Where the chain of teachers comes from: :func:`distil` takes a list of teachers (weakest first),
-e.g. the teachers of earlier active-learning rounds, each trained on fewer labels than the next.
-Given one teacher, as the pipeline's distillation task passes it today, the chain is built here by
-:func:`teacher_chain`: copies of the teacher's architecture re-trained from scratch on nested
-fractions of the labelled set (``chain_fractions``, e.g. 25% and 50%), which mimics those earlier
-rounds, followed by the given teacher.
+e.g. the teachers of earlier active-learning rounds. Given one teacher, as the pipeline's
+distillation task passes it today, the chain is built here by :func:`teacher_chain`: a copy of the
+teacher's architecture re-trained from scratch on the labelled set, snapshotted early in its
+training (``chain_checkpoints``, fractions of ``chain_epochs``), followed by the given teacher: the
+route the teacher's own training takes, as in Jin et al., "Knowledge Distillation via Route
+Constrained Optimization", ICCV 2019. An earlier version re-trained the weaker teachers on 25% and
+50% of the labels; with 200 labels those teachers saw 50 and 100 and taught errors the guard then
+kept (benchmarks/README.md).
 """
 from __future__ import annotations
 
@@ -78,22 +81,24 @@ def reinitialised(model: nn.Module, seed: int) -> nn.Module:
     return fresh
 
 
-def teacher_chain(teacher: nn.Module, labelled_features, labels, fractions: Sequence[float], *, epochs: int,
+def teacher_chain(teacher: nn.Module, labelled_features, labels, checkpoints: Sequence[float], *, epochs: int,
                   lr: float, batch_size: int, seed: int) -> list[nn.Module]:
-    """``[weaker teachers..., teacher]``: for each fraction (ascending), the teacher's architecture
-    re-trained from scratch with cross-entropy on that fraction of the labelled set (nested subsets
-    of one seeded order, so each weaker teacher saw a subset of the next one's labels)."""
-    fractions = list(fractions)
-    if any(not 0 < f < 1 for f in fractions) or fractions != sorted(fractions):
-        raise ValueError(f"chain_fractions must be ascending fractions in (0, 1), got {fractions}")
-    order = np.random.default_rng(seed).permutation(len(labels))
+    """``[weaker teachers..., teacher]``: the teacher's architecture re-trained from scratch with
+    cross-entropy on the labelled set, a frozen snapshot taken after ``round(f * epochs)`` epochs
+    (at least one more than the snapshot before) for each ``f`` in ``checkpoints`` (ascending, in
+    (0, 1)). Training stops at the last snapshot: the full run is the given teacher."""
+    checkpoints = list(checkpoints)
+    if any(not 0 < f < 1 for f in checkpoints) or checkpoints != sorted(checkpoints):
+        raise ValueError(f"chain_checkpoints must be ascending fractions in (0, 1) of chain_epochs, got {checkpoints}")
     x = torch.as_tensor(np.asarray(labelled_features), dtype=torch.float32)
     y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
-    chain = []
-    for i, fraction in enumerate(fractions):
-        rows = torch.as_tensor(order[:max(1, round(fraction * len(order)))])
-        weaker = reinitialised(teacher, seed + i)
-        chain.append(fit(weaker, (x[rows], y[rows]), cross_entropy, epochs, lr, batch_size, seed + i).eval())
+    weaker, done, chain = reinitialised(teacher, seed), 0, []
+    for f in checkpoints:
+        until = max(done + 1, round(f * epochs))
+        # continued from the snapshot before with its own seed: batch orders differ between legs
+        fit(weaker, (x, y), cross_entropy, until - done, lr, batch_size, seed + done)
+        chain.append(frozen_copy(weaker))
+        done = until
     return [*chain, teacher]
 
 
@@ -117,17 +122,17 @@ def distil_stage(student: nn.Module, teacher: nn.Module, x: torch.Tensor, y: tor
 
 def distil(teacher: nn.Module | Sequence[nn.Module], student: nn.Module, labelled_features, labels,
            unlabelled_features, *, seed: int, on_epoch=None, epochs: int, lr: float, batch_size: int,
-           temperature: float = 4.0, alpha: float = 0.1, chain_fractions: Sequence[float] = (0.25, 0.5),
+           temperature: float = 4.0, alpha: float = 0.1, chain_checkpoints: Sequence[float] = (0.07, 0.33),
            chain_epochs: int = 20, hard_epochs: int = 5) -> nn.Module:
     """Teacher- and data-progressive distillation of ``student``.
 
     Args:
         teacher: one teacher (a chain is then built with :func:`teacher_chain` from
-            ``chain_fractions``; ``[]`` distils from it alone), or the chain itself, weakest first.
+            ``chain_checkpoints``; ``[]`` distils from it alone), or the chain itself, weakest first.
         labelled_features: ``(L, D)`` raw features with ``labels`` ``(L,)``.
         unlabelled_features: ``(U, D)`` (may be empty).
         epochs: per teacher stage; ``hard_epochs``: on each stage's hard subset.
-        chain_epochs: training epochs of each re-trained weaker teacher.
+        chain_epochs: the training epochs ``chain_checkpoints`` are fractions of (the teacher's own).
     """
     check_kd_params(temperature, alpha)
     if hard_epochs < 0 or chain_epochs < 1:
@@ -135,8 +140,8 @@ def distil(teacher: nn.Module | Sequence[nn.Module], student: nn.Module, labelle
     d = labelled_features.shape[1]
     check_compatible(teacher, student, d, labels=labels)
     if isinstance(teacher, nn.Module):
-        chain = teacher_chain(teacher, labelled_features, labels, chain_fractions, epochs=chain_epochs, lr=lr,
-                              batch_size=batch_size, seed=seed) if chain_fractions else [teacher]
+        chain = teacher_chain(teacher, labelled_features, labels, chain_checkpoints, epochs=chain_epochs, lr=lr,
+                              batch_size=batch_size, seed=seed) if chain_checkpoints else [teacher]
     else:
         chain = list(teacher)
     x, y = training_tensors(labelled_features, labels, unlabelled_features)
