@@ -19,7 +19,7 @@ from torch.nn import functional as F
 from components import registry
 from components.datasets import LabelledData, save_arrays, save_labelled
 from components.distillation import features, fitnets, lead, prod
-from components.distillation.common import check_compatible, logits_of
+from components.distillation.common import check_compatible
 from components.distillation.tasks import method_params, run_distillation
 from components.training import models
 from components.training.train import train_classifier
@@ -226,8 +226,7 @@ def test_prod_builds_its_chain_from_snapshots_of_a_retrained_teacher(teacher):
     # snapshots, not one model twice: the second took two more epochs of training than the first
     assert not torch.equal(chain[0].state_dict()["1.0.weight"], chain[1].state_dict()["1.0.weight"])
     assert not any(p.requires_grad for m in chain[:2] for p in m.parameters())
-    x_held, y_held = torch.as_tensor(X[HELD_OUT]), Y[HELD_OUT]
-    chain_accuracy = [float((logits_of(m, x_held).argmax(-1).numpy() == y_held).mean()) for m in chain[:2]]
+    chain_accuracy = [accuracy(m) for m in chain[:2]]
     assert chain_accuracy[0] <= chain_accuracy[1] + 0.02, chain_accuracy  # increasingly strong (up to noise)
     with pytest.raises(ValueError, match="chain_checkpoints must be ascending fractions"):
         prod.teacher_chain(teacher, X[LABELLED], Y[LABELLED], [0.5, 0.2], epochs=1, lr=1e-3, batch_size=64, seed=0)
