@@ -22,7 +22,7 @@ from components.distillation import features, fitnets, lead, prod
 from components.distillation.common import check_compatible
 from components.distillation.tasks import method_params, run_distillation
 from components.training import models
-from components.training.train import train_classifier
+from components.training.train import cross_entropy, fit, train_classifier
 from conftest import ROOT, task_context
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -188,6 +188,14 @@ def test_lead_layer_measures_match_their_formulas():
     assert float(lead.layer_kl(scores, scores)) == pytest.approx(0.0, abs=1e-6)
 
 
+def test_lead_compares_feature_maps_by_their_pooled_vectors():
+    maps = torch.rand(5, 3, 4, 4)
+    assert torch.allclose(lead.similarity_logits(maps, 0.5), lead.similarity_logits(maps.mean((2, 3)), 0.5))
+    # moving activations to other positions changes nothing: what fires counts, not where
+    shuffled = maps.flatten(2)[:, :, torch.randperm(16)].reshape(5, 3, 4, 4)
+    assert torch.allclose(lead.similarity_logits(shuffled, 0.5), lead.similarity_logits(maps, 0.5), atol=1e-6)
+
+
 def test_prod_hard_subset_is_exactly_teacher_right_and_student_wrong(teacher):
     weak = student("mlp")
     rows = prod.hard_subset(teacher, weak, X[HELD_OUT], Y[HELD_OUT])
@@ -228,11 +236,36 @@ def test_prod_builds_its_chain_from_snapshots_of_a_retrained_teacher(teacher):
     assert not any(p.requires_grad for m in chain[:2] for p in m.parameters())
     chain_accuracy = [accuracy(m) for m in chain[:2]]
     assert chain_accuracy[0] <= chain_accuracy[1] + 0.02, chain_accuracy  # increasingly strong (up to noise)
+    assert prod.snapshot_epochs([0.2, 0.5], 6) == [1, 3] and prod.snapshot_epochs([0.01, 0.02], 10) == [1, 2]
+    # one run: the last snapshot is the re-trained copy after 3 epochs of a single fit
+    one_run = fit(prod.reinitialised(teacher, 0), (torch.as_tensor(X[LABELLED]), torch.as_tensor(Y[LABELLED])),
+                  cross_entropy, 3, 2e-3, 64, 0)
+    assert all(torch.equal(v, chain[1].state_dict()[k]) for k, v in one_run.state_dict().items())
     with pytest.raises(ValueError, match="chain_checkpoints must be ascending fractions"):
         prod.teacher_chain(teacher, X[LABELLED], Y[LABELLED], [0.5, 0.2], epochs=1, lr=1e-3, batch_size=64, seed=0)
     # a given chain is used as it is: two teachers, two stages of `epochs` (+ hard-subset epochs)
     _, losses = run_method("prod", [chain[0], teacher], student("mlp"), epochs=1, hard_epochs=0)
     assert len(losses) == 2
+
+
+def test_prod_pads_a_hard_subset_smaller_than_a_batch_with_other_items():
+    hard = np.array([7, 2])
+    rows = prod.padded(hard, total=100, batch_size=10, seed=0)
+    assert rows[:2].tolist() == [7, 2] and len(rows) == 10 and len(set(rows.tolist())) == 10
+    assert set(rows[2:].tolist()) <= set(range(100)) - {7, 2}
+    assert rows.tolist() == prod.padded(hard, 100, 10, seed=0).tolist()  # seeded
+    assert rows.tolist() != prod.padded(hard, 100, 10, seed=1).tolist()
+    assert prod.padded(np.arange(12), 100, 10, seed=0).tolist() == list(range(12))  # a full batch: as it is
+    assert sorted(prod.padded(np.array([3, 1]), total=5, batch_size=10, seed=0)) == [0, 1, 2, 3, 4]  # all there are
+
+
+def test_fit_continues_a_given_optimiser():
+    model = student("mlp")
+    data = (torch.as_tensor(X[LABELLED[:128]]), torch.as_tensor(Y[LABELLED[:128]]))
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
+    fit(model, data, cross_entropy, 1, 1e-3, 64, 0, optimiser=optimiser)
+    fit(model, data, cross_entropy, 1, 1e-3, 64, 1, optimiser=optimiser)
+    assert int(optimiser.state[next(model.parameters())]["step"]) == 4  # 2 batches x 2 calls, one Adam
 
 
 def test_run_distillation_task_logs_and_saves_a_lead_student(tmp_path, teacher):

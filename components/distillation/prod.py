@@ -13,13 +13,14 @@ nothing to forget).
 Data-progressive: after each stage, the labelled items that the stage's teacher classifies right
 and the student wrong are kept, and the student is distilled further on them (same loss, same guard;
 after the first stage, a frozen copy of the student at that point) for ``hard_epochs``. "Right"
-needs a label, so the hard subset comes from the labelled set.
+needs a label, so the hard subset comes from the labelled set. A hard subset smaller than one
+batch is filled up to a batch with other items of the stage (:func:`padded`).
 
 Where the chain of teachers comes from: :func:`distil` takes a list of teachers (weakest first),
 e.g. the teachers of earlier active-learning rounds. Given one teacher, as the pipeline's
 distillation task passes it today, the chain is built here by :func:`teacher_chain`: a copy of the
-teacher's architecture re-trained from scratch on the labelled set, snapshotted early in its
-training (``chain_checkpoints``, fractions of ``chain_epochs``), followed by the given teacher: the
+teacher's architecture re-trained from scratch on the labelled set in one run, snapshotted early
+in its training (``chain_checkpoints``, fractions of ``chain_epochs``), followed by the given teacher: the
 route the teacher's own training takes, as in Jin et al., "Knowledge Distillation via Route
 Constrained Optimization", ICCV 2019. An earlier version re-trained the weaker teachers on 25% and
 50% of the labels; with 200 labels those teachers saw 50 and 100 and taught errors the guard then
@@ -81,32 +82,60 @@ def reinitialised(model: nn.Module, seed: int) -> nn.Module:
     return fresh
 
 
-def teacher_chain(teacher: nn.Module, labelled_features, labels, checkpoints: Sequence[float], *, epochs: int,
-                  lr: float, batch_size: int, seed: int) -> list[nn.Module]:
-    """``[weaker teachers..., teacher]``: the teacher's architecture re-trained from scratch with
-    cross-entropy on the labelled set, a frozen snapshot taken after ``round(f * epochs)`` epochs
-    (at least one more than the snapshot before) for each ``f`` in ``checkpoints`` (ascending, in
-    (0, 1)). Training stops at the last snapshot: the full run is the given teacher."""
+def snapshot_epochs(checkpoints: Sequence[float], epochs: int) -> list[int]:
+    """The epoch counts after which :func:`teacher_chain` takes its snapshots: ``round(f * epochs)``
+    for each ``f`` in ``checkpoints`` (ascending, in (0, 1)), each at least one more than the one before."""
     checkpoints = list(checkpoints)
     if any(not 0 < f < 1 for f in checkpoints) or checkpoints != sorted(checkpoints):
         raise ValueError(f"chain_checkpoints must be ascending fractions in (0, 1) of chain_epochs, got {checkpoints}")
+    after: list[int] = []
+    for f in checkpoints:
+        after.append(max(after[-1] + 1 if after else 1, round(f * epochs)))
+    return after
+
+
+def teacher_chain(teacher: nn.Module, labelled_features, labels, checkpoints: Sequence[float], *, epochs: int,
+                  lr: float, batch_size: int, seed: int) -> list[nn.Module]:
+    """``[weaker teachers..., teacher]``: the teacher's architecture re-trained from scratch with
+    cross-entropy on the labelled set, in one run, with a frozen snapshot taken after each of
+    :func:`snapshot_epochs` epochs. The run stops at the last snapshot: its full length is the
+    given teacher."""
+    after = snapshot_epochs(checkpoints, epochs)
     x = torch.as_tensor(np.asarray(labelled_features), dtype=torch.float32)
     y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
-    weaker, done, chain = reinitialised(teacher, seed), 0, []
-    for f in checkpoints:
-        until = max(done + 1, round(f * epochs))
-        # continued from the snapshot before with its own seed: batch orders differ between legs
-        fit(weaker, (x, y), cross_entropy, until - done, lr, batch_size, seed + done)
-        chain.append(frozen_copy(weaker))
-        done = until
+    weaker, chain = reinitialised(teacher, seed), []
+
+    def snapshot(epoch: int, _loss: float) -> None:
+        if epoch + 1 in after:
+            chain.append(frozen_copy(weaker))
+
+    fit(weaker, (x, y), cross_entropy, after[-1], lr, batch_size, seed, snapshot)
     return [*chain, teacher]
+
+
+def padded(hard: np.ndarray, total: int, batch_size: int, seed: int) -> np.ndarray:
+    """``hard`` rows, followed, when there are fewer than ``batch_size``, by rows drawn (without
+    replacement, seeded) from the rest of ``range(total)`` up to one batch.
+
+    Why: with 200 labels the student soon gets all but one to four labelled items right. Trained on
+    those alone, a step's gradient, BatchNorm's batch statistics and the forgetting guard all see one
+    to four items: with one hard item RepGhost fell from 0.882 to 0.886 padded, 0.823 not
+    (benchmarks/README.md)."""
+    missing = batch_size - len(hard)
+    if missing <= 0:
+        return hard
+    rest = np.setdiff1d(np.arange(total), hard)
+    fill = np.random.default_rng(seed).choice(rest, min(missing, len(rest)), replace=False)
+    return np.concatenate([hard, np.sort(fill)])
 
 
 def distil_stage(student: nn.Module, teacher: nn.Module, x: torch.Tensor, y: torch.Tensor, *, guard: bool,
                  temperature: float, alpha: float, epochs: int, lr: float, batch_size: int, seed: int,
-                 on_epoch=None, old: nn.Module | None = None) -> nn.Module | None:
-    """Train ``student`` for ``epochs`` on ``(x, y)`` (labels -1 on the pool) with :func:`stage_loss`;
-    returns the frozen copy used as guard (taken now, or ``old`` when given), ``None`` without guard."""
+                 on_epoch=None, old: nn.Module | None = None,
+                 optimiser: torch.optim.Optimizer | None = None) -> nn.Module | None:
+    """Train ``student`` for ``epochs`` on ``(x, y)`` (labels -1 on the pool) with :func:`stage_loss`
+    (with ``optimiser``, continuing it; by default a new Adam); returns the frozen copy used as guard
+    (taken now, or ``old`` when given), ``None`` without guard."""
     if guard and old is None:
         old = frozen_copy(student)
     old = old if guard else None
@@ -116,7 +145,8 @@ def distil_stage(student: nn.Module, teacher: nn.Module, x: torch.Tensor, y: tor
     def loss(model, xb, tb, ob, yb):
         return stage_loss(model(xb), tb, ob if old is not None else None, yb, temperature, alpha)
 
-    fit(student, (x, teacher_logits, old_logits, y), loss, epochs, lr, batch_size, seed, on_epoch)
+    fit(student, (x, teacher_logits, old_logits, y), loss, epochs, lr, batch_size, seed, on_epoch,
+        optimiser=optimiser)
     return old
 
 
@@ -149,11 +179,17 @@ def distil(teacher: nn.Module | Sequence[nn.Module], student: nn.Module, labelle
     stages = StageEpochs(on_epoch)
     settings = dict(temperature=temperature, alpha=alpha, lr=lr, batch_size=batch_size)
     for s, stage_teacher in enumerate(chain):
+        # one Adam per stage, continued on the hard subset: a fresh Adam's first steps are near
+        # lr·sign(gradient) in every parameter, and five of them on the hard subset cost RepGhost
+        # 1.3 points that the stage had just gained (benchmarks/README.md)
+        optimiser = torch.optim.Adam(student.parameters(), lr=lr)
         old = distil_stage(student, stage_teacher, x, y, guard=s > 0, epochs=epochs, seed=seed + s,
-                           on_epoch=stages.next(epochs), **settings)
+                           on_epoch=stages.next(epochs), optimiser=optimiser, **settings)
         hard = hard_subset(stage_teacher, student, labelled_x, labelled_y.numpy())
         if hard_epochs and len(hard):
+            rows = torch.as_tensor(padded(hard, len(x), batch_size, seed + s))  # labelled rows come first in x
             # guarded by the stage's frozen copy (the first stage: a copy taken now, after it learnt)
-            distil_stage(student, stage_teacher, labelled_x[hard], labelled_y[hard], guard=True, old=old,
-                         epochs=hard_epochs, seed=seed + s, on_epoch=stages.next(hard_epochs), **settings)
+            distil_stage(student, stage_teacher, x[rows], y[rows], guard=True, old=old,
+                         epochs=hard_epochs, seed=seed + s, on_epoch=stages.next(hard_epochs), optimiser=optimiser,
+                         **settings)
     return student.eval()

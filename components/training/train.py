@@ -84,7 +84,8 @@ def fit(model: nn.Module, tensors: tuple[torch.Tensor, ...], loss_fn: LossFn, ep
         lr: float, batch_size: int, seed: int,
         on_epoch: Callable[[int, float], None] | None = None, *,
         distributed: bool = False, checkpointing: Checkpointing | None = None,
-        on_workers: Callable[[int, list[WorkerStats]], None] | None = None) -> nn.Module:
+        on_workers: Callable[[int, list[WorkerStats]], None] | None = None,
+        optimiser: torch.optim.Optimizer | None = None) -> nn.Module:
     """Adam on shuffled mini-batches of ``tensors``; ``loss_fn(model, *batch)`` gives the loss.
 
     Args:
@@ -98,6 +99,8 @@ def fit(model: nn.Module, tensors: tuple[torch.Tensor, ...], loss_fn: LossFn, ep
         distributed: run as one rank of the initialised default process group (DDP).
         checkpointing: save every k epochs (rank 0 writes) and resume from the newest checkpoint.
         on_workers: called with ``(epoch, [WorkerStats per rank])`` after each epoch.
+        optimiser: continue with this optimiser of ``model``'s parameters, moments and all (``lr`` is
+            then its own); by default a new Adam with ``lr``.
     """
     if len(tensors[0]) == 0:
         raise ValueError("cannot train on an empty set")
@@ -109,7 +112,8 @@ def fit(model: nn.Module, tensors: tuple[torch.Tensor, ...], loss_fn: LossFn, ep
     # seeds would give every rank the same dropout masks on different samples (correlated noise),
     # and rank 0 (the single process) keeps exactly today's stream.
     torch.manual_seed(seed + rank)
-    optimiser = torch.optim.Adam(model.parameters(), lr=lr)
+    if optimiser is None:
+        optimiser = torch.optim.Adam(model.parameters(), lr=lr)
     start_epoch = _resume(checkpointing, model, optimiser, generator, seed, rank, world) if checkpointing else 0
     net = model
     if world > 1:
