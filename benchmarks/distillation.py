@@ -26,10 +26,10 @@ on one torch thread, over ``--seeds`` seeds (the training seed: weights and batc
 The epoch budget ``E`` (``--epochs``, default 45, the budget of the issue's anchors and targets; they
 also quote 15) is the number of passes a student makes over its training data, the same for every
 row: Hinton KD, LEAD and the peer train ``E`` epochs; FitNets ``E // 5`` hint epochs then
-``E - E // 5`` of KD; PROD ``E // 3`` epochs per stage of its 3-teacher chain (its hard-subset epochs
-pass over only the few items the stage's teacher gets right and the student wrong). The teacher
-trains ``E`` epochs too; PROD's weaker teachers are snapshots of a re-trained copy at 7% and 33% of
-the teacher's epochs. A model trained on the 200 labels alone (the scarce teacher, the scarce
+``E - E // 5`` of KD; PROD ``E`` over the stages of its 3-teacher chain, shared in proportion to the
+teacher's route (3 / 12 / 30 at E = 45; its hard-subset epochs pass over one batch or the few items
+the stage's teacher gets right and the student wrong). The teacher trains ``E`` epochs too; PROD's
+weaker teachers are snapshots of a re-trained copy at 7% and 33% of the teacher's epochs. A model trained on the 200 labels alone (the scarce teacher, the scarce
 ``alone`` row) gets ``E * 4,000 / 200`` epochs: as many optimiser steps as a student taking ``E`` passes
 over labels and pool (``E`` passes over 200 items would be 20x fewer steps). Inference: median of 7
 timed eval-mode forward passes over 1,000 test images, one thread (RepGhost fused, as deployed).
@@ -83,7 +83,7 @@ ALONE, PEER = "alone", "torchdistill_kd"
 SCARCE_LABELS = 200
 SCARCE_KD_FULL_TEACHER = "hinton_kd (teacher on all labels)"
 DM_SETTINGS = {"iterations": 200, "width": 16, "batch_real": 32, "epochs": 200, "draws": 2}
-QUICK = {"seeds": 1, "epochs": 2, "train_size": 1000,
+QUICK = {"seeds": 1, "epochs": 3, "train_size": 1000,  # 3: one epoch per PROD stage (prod_stage_count)
          "dm": {"iterations": 2, "width": 8, "batch_real": 8, "epochs": 2, "draws": 1}}
 FAIR = {"seeds": 3, "labelled": 500, "teacher": ("mlp", {"hidden": 64}), "teacher_epochs": 30,
         "student": ("mlp", {"hidden": 16, "input_proxy": 2}), "bias_weight": 2.0,
@@ -102,12 +102,16 @@ def budget_params(name: str, budget: int, teacher_epochs: int) -> dict:
     if name == "fitnets":
         hint = max(1, budget // 5)
         return {"hint_epochs": hint, "epochs": max(1, budget - hint)}
-    if name == "prod":
-        from components import registry
-
-        stages = len(registry.get("distillation", "prod").defaults["chain_checkpoints"]) + 1
-        return {"epochs": max(1, budget // stages), "chain_epochs": teacher_epochs}
+    if name == "prod":  # PROD shares its epochs among its stages itself (prod.stage_epochs)
+        return {"epochs": budget, "chain_epochs": teacher_epochs}
     return {"epochs": budget}
+
+
+def prod_stage_count() -> int:
+    """Stages of the registered PROD: its snapshot teachers and the teacher."""
+    from components import registry
+
+    return len(registry.get("distillation", "prod").defaults["chain_checkpoints"]) + 1
 
 
 def distil_row(name: str, teacher, student_spec: tuple[str, dict], meta: dict, data: dict, budget: int,
@@ -477,6 +481,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if min(args.epochs, args.seeds, args.jobs) < 1:
         parser.error("--epochs, --seeds and --jobs must be >= 1")
+    prod_stages = prod_stage_count()
+    if args.epochs < prod_stages:
+        parser.error(f"--epochs must be >= {prod_stages}: PROD trains at least one epoch per stage of its chain")
     seeds, budget = (QUICK["seeds"], QUICK["epochs"]) if args.quick else (args.seeds, args.epochs)
     dm = QUICK["dm"] if args.quick else DM_SETTINGS
 

@@ -140,6 +140,7 @@ def test_quick_distillation_benchmark_writes_the_issue_summary(tmp_path):
     # one epoch budget for every row: multi-stage methods split it
     epochs, budget = result["protocol"]["epochs_per_row"], result["protocol"]["epoch_budget"]
     assert epochs["fitnets"]["hint_epochs"] + epochs["fitnets"]["epochs"] == budget == epochs["hinton_kd"]["epochs"]
+    assert epochs["prod"]["epochs"] == budget  # shared among PROD's stages by prod.stage_epochs
     assert "stratified" in result["protocol"]["split"]
     assert result["fairness"]["reliant"]["delta_sp"] and result["fairness"]["hinton_kd"]["accuracy"]
     assert all(v is None or isinstance(v, bool) for v in result["targets"].values())

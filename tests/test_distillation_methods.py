@@ -35,7 +35,7 @@ LABELLED, POOL, HELD_OUT = ORDER[:1000], ORDER[1000:2000], ORDER[2000:3000]
 TEACHER = {"channels": 8, "hidden": 64}
 TINY_CNN = {"channels": 4, "hidden": 20}  # ~8.4k parameters, five feature layers like the teacher
 STUDENT_METHODS = ["hinton_kd", "fitnets", "lead", "prod"]
-QUICK = {"epochs": 2, "hint_epochs": 1, "chain_epochs": 2, "hard_epochs": 1}
+QUICK = {"epochs": 3, "hint_epochs": 1, "chain_epochs": 2, "hard_epochs": 1}  # 3: one per PROD stage
 
 
 @pytest.fixture(scope="module")
@@ -243,9 +243,25 @@ def test_prod_builds_its_chain_from_snapshots_of_a_retrained_teacher(teacher):
     assert all(torch.equal(v, chain[1].state_dict()[k]) for k, v in one_run.state_dict().items())
     with pytest.raises(ValueError, match="chain_checkpoints must be ascending fractions"):
         prod.teacher_chain(teacher, X[LABELLED], Y[LABELLED], [0.5, 0.2], epochs=1, lr=1e-3, batch_size=64, seed=0)
-    # a given chain is used as it is: two teachers, two stages of `epochs` (+ hard-subset epochs)
-    _, losses = run_method("prod", [chain[0], teacher], student("mlp"), epochs=1, hard_epochs=0)
-    assert len(losses) == 2
+    # a given chain is used as it is: two teachers, two stages sharing `epochs` equally
+    _, losses = run_method("prod", [chain[0], teacher], student("mlp"), epochs=4, hard_epochs=0)
+    assert len(losses) == 4
+
+
+def test_prod_shares_its_epochs_among_stages_as_the_route_does(teacher, monkeypatch):
+    assert prod.stage_epochs(45, [0.07, 0.26, 0.67]) == [3, 12, 30]
+    assert prod.stage_epochs(10, [1, 1, 1]) == [4, 3, 3] and prod.stage_epochs(5, [0.01, 0.01, 0.98]) == [1, 1, 3]
+    assert all(sum(prod.stage_epochs(n, [0.07, 0.26, 0.67])) == n for n in range(3, 80))
+    stages = []
+    real_stage = prod.distil_stage
+    monkeypatch.setattr(prod, "distil_stage", lambda *a, **k: stages.append(k["epochs"]) or real_stage(*a, **k))
+    run_method("prod", teacher, student("mlp"), epochs=10, hard_epochs=0, chain_checkpoints=[0.2, 0.5])
+    assert stages == [2, 3, 5]
+    steps = []
+    monkeypatch.setattr(torch.optim.Adam, "step", lambda self, *a, **k: steps.append(1))
+    with pytest.raises(ValueError, match="at least one epoch per stage: 2 epochs for 3 stages"):
+        run_method("prod", teacher, student("mlp"), epochs=2)
+    assert steps == []  # refused before the chain's teachers are trained
 
 
 def test_prod_pads_a_hard_subset_smaller_than_a_batch_with_other_items():

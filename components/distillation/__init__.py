@@ -27,7 +27,7 @@ METHODS = [
            "then on the items the teacher gets right and the student wrong",
            "components.distillation.prod:distil", "components.distillation.component:distil_prod",
            defaults={"student": "mlp", "hidden": 40, "student_kwargs": {}, "chain_checkpoints": [0.07, 0.33],
-                     "chain_epochs": 20, "hard_epochs": 5, "temperature": 4.0, "alpha": 0.1, "epochs": 20, "lr": 2e-3,
+                     "chain_epochs": 20, "hard_epochs": 5, "temperature": 4.0, "alpha": 0.1, "epochs": 60, "lr": 2e-3,
                      "batch_size": 64}),
     Method("distillation", "reliant", "Dong et al., RELIANT: Fair Knowledge Distillation for Graph Neural Networks, "
                                       "SDM 2023 (arXiv:2301.01150)",

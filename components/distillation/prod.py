@@ -8,7 +8,10 @@ Teacher-progressive: the student is distilled through a chain of teachers, weake
 ``0.1·CE(y, s) + 0.9·T²·KL(t_s ‖ s) + T²·KL(old ‖ s)`` (``T = 4``; CE only where a label is known, the
 KD term then weighted 1), where ``old`` is a frozen copy of the student taken at the start of the
 stage: the forgetting guard. The first stage has no guard (a student that has learnt nothing yet has
-nothing to forget).
+nothing to forget). ``epochs`` is the whole budget; the stages share it in proportion to the part of
+the teacher's route each teacher stands for (:func:`stage_epochs`): with snapshots at 7% and 33% of
+the teacher's training, 45 epochs go 3 / 12 / 30. Equal thirds left the final teacher 15 epochs, and
+with 200 labels PROD then trailed Hinton KD's 45 on RepGhost (0.886 vs 0.897, benchmarks/README.md).
 
 Data-progressive: after each stage, the labelled items that the stage's teacher classifies right
 and the student wrong are kept, and the student is distilled further on them (same loss, same guard;
@@ -113,6 +116,20 @@ def teacher_chain(teacher: nn.Module, labelled_features, labels, checkpoints: Se
     return [*chain, teacher]
 
 
+def stage_epochs(epochs: int, shares: Sequence[float]) -> list[int]:
+    """``epochs`` split over the stages in proportion to ``shares`` (largest remainders round up), at
+    least one each; e.g. ``stage_epochs(45, [0.07, 0.26, 0.67]) == [3, 12, 30]``."""
+    if epochs < len(shares):
+        raise ValueError(f"PROD needs at least one epoch per stage: {epochs} epochs for {len(shares)} stages")
+    exact = epochs * np.asarray(shares, dtype=float) / float(np.sum(shares))
+    split = np.floor(exact).astype(int)
+    split[np.argsort(split - exact, kind="stable")[:epochs - int(split.sum())]] += 1
+    for empty in np.flatnonzero(split == 0):  # a tiny share still gets one epoch, from the largest
+        split[np.argmax(split)] -= 1
+        split[empty] = 1
+    return split.tolist()
+
+
 def padded(hard: np.ndarray, total: int, batch_size: int, seed: int) -> np.ndarray:
     """``hard`` rows, followed, when there are fewer than ``batch_size``, by rows drawn (without
     replacement, seeded) from the rest of ``range(total)`` up to one batch.
@@ -161,7 +178,9 @@ def distil(teacher: nn.Module | Sequence[nn.Module], student: nn.Module, labelle
             ``chain_checkpoints``; ``[]`` distils from it alone), or the chain itself, weakest first.
         labelled_features: ``(L, D)`` raw features with ``labels`` ``(L,)``.
         unlabelled_features: ``(U, D)`` (may be empty).
-        epochs: per teacher stage; ``hard_epochs``: on each stage's hard subset.
+        epochs: the teacher stages' budget, shared by :func:`stage_epochs` (a built chain: in
+            proportion to the route each teacher stands for; a given chain: equally);
+            ``hard_epochs``: on each stage's hard subset, beyond the budget.
         chain_epochs: the training epochs ``chain_checkpoints`` are fractions of (the teacher's own).
     """
     check_kd_params(temperature, alpha)
@@ -170,10 +189,13 @@ def distil(teacher: nn.Module | Sequence[nn.Module], student: nn.Module, labelle
     d = labelled_features.shape[1]
     check_compatible(teacher, student, d, labels=labels)
     if isinstance(teacher, nn.Module):
+        route = [*chain_checkpoints, 1.0]
+        budget = stage_epochs(epochs, np.diff(route, prepend=0.0))
         chain = teacher_chain(teacher, labelled_features, labels, chain_checkpoints, epochs=chain_epochs, lr=lr,
                               batch_size=batch_size, seed=seed) if chain_checkpoints else [teacher]
     else:
         chain = list(teacher)
+        budget = stage_epochs(epochs, [1.0] * len(chain))
     x, y = training_tensors(labelled_features, labels, unlabelled_features)
     labelled_x, labelled_y = x[:len(labels)], y[:len(labels)]
     stages = StageEpochs(on_epoch)
@@ -183,8 +205,8 @@ def distil(teacher: nn.Module | Sequence[nn.Module], student: nn.Module, labelle
         # lr·sign(gradient) in every parameter, and five of them on the hard subset cost RepGhost
         # 1.3 points that the stage had just gained (benchmarks/README.md)
         optimiser = torch.optim.Adam(student.parameters(), lr=lr)
-        old = distil_stage(student, stage_teacher, x, y, guard=s > 0, epochs=epochs, seed=seed + s,
-                           on_epoch=stages.next(epochs), optimiser=optimiser, **settings)
+        old = distil_stage(student, stage_teacher, x, y, guard=s > 0, epochs=budget[s], seed=seed + s,
+                           on_epoch=stages.next(budget[s]), optimiser=optimiser, **settings)
         hard = hard_subset(stage_teacher, student, labelled_x, labelled_y.numpy())
         if hard_epochs and len(hard):
             rows = torch.as_tensor(padded(hard, len(x), batch_size, seed + s))  # labelled rows come first in x
