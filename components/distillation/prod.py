@@ -136,7 +136,7 @@ def padded(hard: np.ndarray, total: int, batch_size: int, seed: int) -> np.ndarr
 
     Why: with 200 labels the student soon gets all but one to four labelled items right. Trained on
     those alone, a step's gradient, BatchNorm's batch statistics and the forgetting guard all see one
-    to four items: with one hard item RepGhost fell from 0.882 to 0.886 padded, 0.823 not
+    to four items: after one hard item RepGhost went from 0.882 to 0.823, padded to 0.886
     (benchmarks/README.md)."""
     missing = batch_size - len(hard)
     if missing <= 0:
