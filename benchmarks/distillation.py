@@ -29,10 +29,11 @@ row: Hinton KD, LEAD and the peer train ``E`` epochs; FitNets ``E // 5`` hint ep
 ``E - E // 5`` of KD; PROD ``E`` over the stages of its 3-teacher chain, shared in proportion to the
 teacher's route (3 / 12 / 30 at E = 45; its hard-subset epochs pass over one batch or the few items
 the stage's teacher gets right and the student wrong). The teacher trains ``E`` epochs too; PROD's
-weaker teachers are snapshots of a re-trained copy at 7% and 33% of the teacher's epochs. A model trained on the 200 labels alone (the scarce teacher, the scarce
-``alone`` row) gets ``E * 4,000 / 200`` epochs: as many optimiser steps as a student taking ``E`` passes
-over labels and pool (``E`` passes over 200 items would be 20x fewer steps). Inference: median of 7
-timed eval-mode forward passes over 1,000 test images, one thread (RepGhost fused, as deployed).
+weaker teachers are snapshots of a re-trained copy at 7% and 33% of the teacher's epochs. A model
+trained on the 200 labels alone (the scarce teacher, the scarce ``alone`` row) gets
+``E * 4,000 / 200`` epochs: as many optimiser steps as a student taking ``E`` passes over labels and
+pool (``E`` passes over 200 items would be 20x fewer steps). Inference: median of 7 timed eval-mode
+forward passes over 1,000 test images, one thread (RepGhost fused, as deployed).
 
 The peer: torchdistill (``pip install --no-deps torchdistill==1.1.5``; see ``peer_status`` in the JSON).
 Its package requires torchvision, and installing it with its dependencies replaces torch 2.13.0 by
@@ -46,7 +47,7 @@ in the label-scarce setting (its ``KDLoss`` has no term for unlabelled items wit
     nice -n 10 python benchmarks/distillation.py                       # full protocol: 3 seeds, E = 45
     nice -n 10 python benchmarks/distillation.py --epochs 15           # the anchors' shorter budget
     python benchmarks/distillation.py --jobs 4                         # seeds and dataset distillation side by side
-    python benchmarks/distillation.py --quick                          # smoke run: 1 seed, E = 2, 1,000 items
+    python benchmarks/distillation.py --quick                          # smoke run: 1 seed, E = 3, 1,000 items
 
 Wall time, one job on one idle core: about 30 min per seed at E = 45 (most of it the RepGhost student,
 whose depthwise convs are slow on CPU) and 10 min of dataset distillation, so about 100 min for the
