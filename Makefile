@@ -5,9 +5,11 @@ PY      := $(VENV)/bin/python
 CLI     := $(VENV)/bin/distillery
 STAMP   := $(VENV)/.installed
 CONFIG  ?= pipelines/configs/default.yaml
+# subprocess (default): every task a process of .venv; container: every task in the project's image
+RUNNER  ?= subprocess
 PYTEST_ARGS ?=
 
-.PHONY: install data run test compile benchmark ui clean
+.PHONY: install data run test compile benchmark ui clean image constraints
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -23,8 +25,20 @@ install: $(STAMP)
 data: install
 	$(CLI) data materialize
 
-run: data
-	$(CLI) run --config $(CONFIG)
+run: data $(if $(filter container,$(RUNNER)),image)
+	$(CLI) run --config $(CONFIG) --runner $(RUNNER)
+
+# The CPU image every component runs in, built with buildah from the Dockerfile (no registry pull:
+# a Debian base made with mmdebstrap, torch from the local wheel folder). Cached layers: a
+# code-only rebuild takes seconds.
+image: install
+	$(CLI) image build
+
+# Re-pin every package of the images after changing pyproject.toml's dependencies.
+constraints: install
+	{ echo "# Every package of the images, pinned (pip constraints): the versions the test suite ran with."; \
+	  echo "# Regenerate after changing pyproject.toml: make constraints (pip freeze of .venv, torch left to its own pin)."; \
+	  $(PY) -m pip freeze --exclude-editable | grep -v -i '^torch=='; } > constraints.txt
 
 test: data
 	$(PY) -m pytest $(PYTEST_ARGS)

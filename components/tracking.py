@@ -20,6 +20,10 @@ DATA_VERSION = "distillery.data_version"
 CONFIG_NAME = "distillery.config"
 ROLE = "distillery.role"  # "pipeline" on the parent run, "task" on nested runs
 NOTE = "mlflow.note.content"  # the run description the MLflow UI shows
+# Where a task runs, from the environment its runner gives it (pipelines/cli.py, container_runner.py,
+# the compiled spec): tag -> environment variable.
+WHERE_TAGS = {"distillery.runner": "DISTILLERY_RUNNER", "distillery.image": "DISTILLERY_IMAGE",
+              "distillery.image_id": "DISTILLERY_IMAGE_ID", "distillery.image_digest": "DISTILLERY_IMAGE_DIGEST"}
 
 
 @dataclass
@@ -60,7 +64,15 @@ class RunContext:
             CONFIG_NAME: self.config.get("name", ""),
             "distillery.git_dirty": str(self.git_dirty).lower(),
             "distillery.launch_id": self.launch_id,
+            **where_tags(),
         }
+
+
+def where_tags() -> dict[str, str]:
+    """The runner and container image this process runs in, as far as its environment says."""
+    import os
+
+    return {tag: os.environ[env] for tag, env in WHERE_TAGS.items() if os.environ.get(env)}
 
 
 def _client(ctx: RunContext):

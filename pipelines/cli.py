@@ -14,6 +14,7 @@ from pathlib import Path
 from pipelines.config import DEFAULT_CONFIG, RETRAINING_CONFIG, ConfigError, load_config, task_names
 
 DEFAULT_CLUSTER_TRACKING_URI = "http://mlflow.distillery.svc.cluster.local:5000"
+RUNNERS = ("subprocess", "container")
 _CRON_FIELD = re.compile(r"^[\d*/,\-?LW#A-Za-z]+$")
 
 
@@ -22,6 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args) or 0
     except (ConfigError, ValueError, FileNotFoundError, FileExistsError, RuntimeError) as exc:
+        # RuntimeError covers pipelines.podman.ContainerError (podman missing, image not built, ...)
         print(f"distillery: error: {exc}", file=sys.stderr)
         return 2
 
@@ -39,7 +41,17 @@ def _parser() -> argparse.ArgumentParser:
 
     p = command("methods", cmd_methods, "list every registered method with its stage and paper")
     p.add_argument("--stage", help="only this stage")
-    command("run", cmd_run, "run the pipeline for real on this machine (kfp.local, SubprocessRunner)", config=DEFAULT_CONFIG)
+    p = command("run", cmd_run, "run the pipeline for real on this machine (kfp.local)", config=DEFAULT_CONFIG)
+    p.add_argument("--runner", choices=RUNNERS, default="subprocess",
+                   help="subprocess: every task a process of this Python environment (default); container: every "
+                        "task in the project's image (podman; build it with `make image`)")
+    image = sub.add_parser("image", help="the project's container image (podman + buildah)") \
+        .add_subparsers(required=True, metavar="ACTION")
+    p = image.add_parser("build", help="build the image every component runs in, with buildah (no registry pull)")
+    p.set_defaults(handler=cmd_image_build)
+    p.add_argument("--base", help="base image (default: a Debian base made here with mmdebstrap)")
+    p.add_argument("--wheels", help="folder holding the CPU torch wheel (default: $PIP_FIND_LINKS)")
+    p.add_argument("--no-cache", action="store_true", help="rebuild every layer")
     p = command("compile", cmd_compile, "write the pipeline spec YAML for a KFP cluster", config=DEFAULT_CONFIG)
     p.add_argument("--output", help="spec file (default: pipelines/compiled/<config name>.yaml)")
     _cluster_options(p, host=False)
@@ -131,6 +143,7 @@ def cmd_run(args) -> int:
 
     config = load_config(args.config)
     root = project_root()
+    image = _container_image() if args.runner == "container" else None  # before any other work
     ctx = run_context(config, root)
     data = ctx.data
     if not data.get("rev") and not (Path(data["repo"]) / data["path"]).is_dir():
@@ -138,31 +151,59 @@ def cmd_run(args) -> int:
                                 "(or `make run`, which does)")
     print(f"Running pipeline {config['name']!r}: {len(task_names(config))} tasks, data {data['path']} "
           f"(version {ctx.data_version[:12]}), git {ctx.git_commit[:10]}{' (dirty)' if ctx.git_dirty else ''}")
+    if image:
+        print(f"Every task runs in image {image.reference} ({image.id[:19]})")
     print(f"MLflow tracking: {ctx.tracking_uri}")
-    ok = execute_locally(config, ctx, root)
+    ok = execute_locally(config, ctx, root, image=image)
     return report(ctx, ok)
 
 
-def execute_locally(config: dict, ctx, root: Path, progress=None) -> bool:
-    """Run the pipeline under kfp.local; True on success. ``progress`` receives task timings."""
+def _container_image():
+    """The local project image the container runner needs; a clear error when podman or the image is missing."""
+    from components.images import IMAGE
+    from pipelines.podman import inspect_image, require
+
+    require("podman")
+    return inspect_image(IMAGE)
+
+
+def execute_locally(config: dict, ctx, root: Path, progress=None, image=None) -> bool:
+    """Run the pipeline under kfp.local; True on success. ``progress`` receives task timings.
+    Tasks are processes of this Python environment, or with ``image`` (a
+    :class:`pipelines.podman.ImageInfo`) containers of that image."""
     from kfp import local
 
     from pipelines.pipeline import build_pipeline
     from pipelines.progress import TaskProgress
 
+    pipeline_root = root / ".distillery" / "kfp-local"
+    warnings.filterwarnings("ignore", message=".*non-Python base image.*")  # the project image is Python
+    with _runner(ctx, pipeline_root, image) as runner:
+        local.init(runner=runner, raise_on_error=True, pipeline_root=str(pipeline_root))
+        pipeline = build_pipeline(config, ctx.to_json())
+        with progress or TaskProgress(len(task_names(config))):
+            try:
+                pipeline()
+            except RuntimeError as exc:
+                print(f"\nPipeline failed: {exc}", file=sys.stderr)
+                return False
+    return True
+
+
+@contextmanager
+def _runner(ctx, pipeline_root: Path, image):
+    if image is not None:
+        from pipelines.container_runner import container_runner
+
+        with container_runner(ctx, pipeline_root, image) as runner:
+            yield runner
+        return
+    from kfp import local
+
     # kfp.local starts each task with `python3` from PATH: make it this interpreter's environment.
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    warnings.filterwarnings("ignore", message=".*non-Python base image.*")  # the project image is Python
-    local.init(runner=local.SubprocessRunner(use_venv=False), raise_on_error=True,
-               pipeline_root=str(root / ".distillery" / "kfp-local"))
-    pipeline = build_pipeline(config, ctx.to_json())
-    with progress or TaskProgress(len(task_names(config))):
-        try:
-            pipeline()
-        except RuntimeError as exc:
-            print(f"\nPipeline failed: {exc}", file=sys.stderr)
-            return False
-    return True
+    os.environ["DISTILLERY_RUNNER"] = "subprocess"
+    yield local.SubprocessRunner(use_venv=False)
 
 
 def report(ctx, ok: bool) -> int:
@@ -210,14 +251,12 @@ def compile_spec(config: dict, output: Path, tracking_uri: str) -> Path:
 
 def check_cluster_placement(config: dict, root: Path) -> None:
     """GPU tasks must fit the quota of the overlay the config says is deployed (compile time)."""
-    from pipelines.cluster import check_gpu_quota, render_overlay
+    from pipelines.cluster import check_gpu_quota, kubectl_binary, render_overlay
 
     cluster = config.get("cluster") or {}
     if not cluster.get("overlay") or not cluster.get("gpu"):
         return
-    import shutil
-
-    if shutil.which("kubectl") is None:
+    if kubectl_binary() is None:
         print(f"warning: kubectl is not installed, so the GPU quota of {cluster['overlay']} was not checked",
               file=sys.stderr)
         return
@@ -322,6 +361,14 @@ def cmd_schedule(args) -> None:
                 pipeline_package_path=str(package), max_concurrency=1, no_catchup=True, enable_caching=False,
                 service_account=_service_account(config))
     print(f"Scheduled {job.recurring_run_id} on {args.host}: cron {cron!r} (UTC), max concurrency 1, no catch-up")
+
+
+def cmd_image_build(args) -> None:
+    from components.images import IMAGE
+    from pipelines.podman import build_image
+    from pipelines.runtime import project_root
+
+    build_image(project_root(), IMAGE, base=args.base, wheels=args.wheels, no_cache=args.no_cache)
 
 
 def cmd_ui(args) -> None:

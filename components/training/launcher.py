@@ -58,8 +58,9 @@ from typing import Any, Callable, Iterable
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
-TEMPLATES = ROOT / "k8s" / "training"
+# The manifests of k8s/training, shipped inside the package (package data: ``templates`` links to
+# k8s/training in the source tree, and an install copies the files), so a pod finds them too.
+TEMPLATES = Path(__file__).parent / "templates"
 TRAINJOB_TEMPLATE = TEMPLATES / "trainjob.yaml"
 ASYNC_TEMPLATE = TEMPLATES / "async-workers.yaml"
 
