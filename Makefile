@@ -46,11 +46,13 @@ test: data
 compile: install
 	$(CLI) compile --config $(CONFIG)
 
-benchmark: data
+benchmark: data image
 	$(PY) -m pip install --quiet -e ".[bench]"
 	# torchdistill, the distillation benchmark's peer: --no-deps, or pip swaps torch 2.13.0 for 2.14.1 (torchvision)
 	$(PY) -m pip install --quiet --no-deps "torchdistill==1.1.5"
-	$(PY) benchmarks/pipeline_overhead.py
+	$(PY) benchmarks/pipeline_overhead.py   # both runners: needs `make image` (or add --runners subprocess)
+	$(PY) benchmarks/image_build.py
+	$(PY) benchmarks/gpu_stages.py
 	$(PY) benchmarks/al_label_efficiency.py
 	$(PY) benchmarks/al_selection_speed.py
 	$(PY) benchmarks/ddp_throughput.py

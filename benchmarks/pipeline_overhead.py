@@ -16,6 +16,11 @@ Beside it, in the same run, the floors a user would compare with:
 * connecting to the (already initialised) MLflow store from a fresh interpreter, as each task does;
 * the sum of ``work_s``: the same method work run in one process, i.e. no orchestration at all.
 
+Then, in the same run, the same config with every task in the project's image (``--runner
+container``: kfp.local's DockerRunner over podman, see pipelines/container_runner.py): its per-task
+overhead, and its wall time against the subprocess runner's. ``--runners subprocess`` skips it (a
+machine without podman or the image); the result then says so.
+
 The MLflow store is a fresh SQLite file in a temporary folder (never the user's store); its schema
 is created before the timed run, as it is for every run after a user's first.
 
@@ -60,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="pipeline config (default: %(default)s)")
     parser.add_argument("--quick", action="store_true", help=f"use {QUICK_CONFIG.relative_to(ROOT)}")
     parser.add_argument("--rounds", type=int, help="override selection.rounds (default: the config's)")
+    parser.add_argument("--runners", default="subprocess,container",
+                        help="runners to measure, comma-separated (default: %(default)s)")
     parser.add_argument("--output", type=Path, help="result JSON (default: benchmarks/results/"
                                                     "pipeline_overhead.json, pipeline_overhead_quick.json with --quick)")
     args = parser.parse_args(argv)
@@ -68,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="distillery-bench-") as tmp:
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{Path(tmp) / 'mlflow.db'}"
-        result = benchmark(config_path, args.rounds)
+        result = benchmark(config_path, args.rounds, args.runners.split(","))
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(result, indent=2) + "\n")
     print_result(result)
@@ -76,12 +83,22 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def benchmark(config_path: Path, rounds: int | None) -> dict:
-    from pipelines.cli import execute_locally
-    from pipelines.config import load_config, task_names
-    from pipelines.progress import TaskProgress
+def benchmark(config_path: Path, rounds: int | None, runners: list[str] = ("subprocess",)) -> dict:
+    from pipelines.cli import RUNNERS
+    from pipelines.config import load_config
     from pipelines.runtime import project_root, run_context
 
+    if "subprocess" not in runners or set(runners) - set(RUNNERS):
+        raise SystemExit(f"--runners must include subprocess and name only {list(RUNNERS)}, got {runners}")
+    image = None
+    if "container" in runners:
+        from components.images import IMAGE
+        from pipelines.podman import ContainerError, inspect_image
+
+        try:
+            image = inspect_image(IMAGE)
+        except ContainerError as exc:
+            raise SystemExit(f"{exc} (or measure the subprocess runner alone: --runners subprocess)") from None
     config = load_config(config_path)
     if rounds is not None:
         if rounds < 0:
@@ -97,38 +114,23 @@ def benchmark(config_path: Path, rounds: int | None) -> dict:
     client = _init_store(ctx)
     store_init = time.perf_counter() - store_init
 
-    names = task_names(config)
-    print(f"Benchmarking {config['name']!r} ({len(names)} tasks, {config['selection']['rounds']} rounds) "
-          f"on {os.cpu_count()} cores; MLflow store {ctx.tracking_uri}", flush=True)
-    progress = TaskProgress(len(names))
+    print(f"Benchmarking {config['name']!r} ({config['selection']['rounds']} rounds) on {os.cpu_count()} cores; "
+          f"MLflow store {ctx.tracking_uri}", flush=True)
     load_before = os.getloadavg()[0]
-    started = time.perf_counter()
-    ok = execute_locally(config, ctx, root, progress=progress)
-    pipeline_wall = time.perf_counter() - started
+    tasks, summary = _measure(config, ctx, root, client, None)
     load_after = os.getloadavg()[0]
-    if not ok or any(s != "SUCCESS" for s in progress.status.values()):
-        raise SystemExit(f"the pipeline failed ({progress.status}); no overhead to report")
-
-    tasks = _match_tasks(client, ctx, progress)
     print(f"\nMeasuring floors (median of {FLOOR_RUNS} fresh interpreters each) ...", flush=True)
-    floors = {key: _median_subprocess(code, root) for key, code in FLOORS.items()}
-
-    overheads = [t["overhead_s"] for t in tasks]
-    sum_wall = sum(t["wall_s"] for t in tasks)
-    sum_work = sum(t["work_s"] for t in tasks)
-    summary = {
-        "pipeline_wall_s": pipeline_wall,
-        "sum_task_wall_s": sum_wall,
-        "sum_work_s": sum_work,  # the same work in one process: "no orchestration"
-        "sum_overhead_s": sum(overheads),
-        "between_tasks_s": pipeline_wall - sum_wall,  # compile, kfp.local bookkeeping outside tasks
-        "median_overhead_s": statistics.median(overheads),
-        "max_overhead_s": max(overheads),
-        "overhead_share": sum(overheads) / pipeline_wall,
-        "slowdown_vs_in_process": pipeline_wall / sum_work if sum_work else None,
-        "store_init_s": store_init,  # not part of pipeline_wall_s
-        **floors,
-    }
+    summary.update(store_init_s=store_init,  # not part of pipeline_wall_s
+                   **{key: _median_subprocess(code, root) for key, code in FLOORS.items()})
+    container = None
+    if image is not None:
+        print(f"\nThe same pipeline with every task in {image.reference} ({image.id[:19]}) ...", flush=True)
+        container_tasks, container_summary = _measure(config, run_context(config, root), root, client, image)
+        container_summary["wall_vs_subprocess"] = container_summary["pipeline_wall_s"] / summary["pipeline_wall_s"]
+        container_summary["median_overhead_vs_subprocess_s"] = (container_summary["median_overhead_s"]
+                                                                - summary["median_overhead_s"])
+        container = {"image": image.reference, "image_id": image.id, "image_digest": image.digest,
+                     "tasks": container_tasks, "summary": _rounded(container_summary)}
     return {
         "benchmark": "pipeline_overhead",
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -140,7 +142,43 @@ def benchmark(config_path: Path, rounds: int | None) -> dict:
                            else config_path),
         "rounds": config["selection"]["rounds"],
         "tasks": tasks,
-        "summary": {k: round(v, 4) if isinstance(v, float) else v for k, v in summary.items()},
+        "summary": _rounded(summary),
+        # the same config with every task in the project image; None when not measured
+        "container": container,
+    }
+
+
+def _rounded(summary: dict) -> dict:
+    return {k: round(v, 4) if isinstance(v, float) else v for k, v in summary.items()}
+
+
+def _measure(config: dict, ctx, root: Path, client, image) -> tuple[list[dict], dict]:
+    """One real run of ``config`` (in ``image`` when given, else as subprocesses): per-task wall,
+    work and overhead, and the run's summary."""
+    from pipelines.cli import execute_locally
+    from pipelines.config import task_names
+    from pipelines.progress import TaskProgress
+
+    progress = TaskProgress(len(task_names(config)))
+    started = time.perf_counter()
+    ok = execute_locally(config, ctx, root, progress=progress, image=image)
+    pipeline_wall = time.perf_counter() - started
+    if not ok or any(s != "SUCCESS" for s in progress.status.values()):
+        raise SystemExit(f"the pipeline failed ({progress.status}); no overhead to report")
+    tasks = _match_tasks(client, ctx, progress)
+    overheads = [t["overhead_s"] for t in tasks]
+    sum_wall = sum(t["wall_s"] for t in tasks)
+    sum_work = sum(t["work_s"] for t in tasks)
+    return tasks, {
+        "pipeline_wall_s": pipeline_wall,
+        "sum_task_wall_s": sum_wall,
+        "sum_work_s": sum_work,  # the same work in one process: "no orchestration"
+        "sum_overhead_s": sum(overheads),
+        "between_tasks_s": pipeline_wall - sum_wall,  # compile, kfp.local bookkeeping outside tasks
+        "median_overhead_s": statistics.median(overheads),
+        "max_overhead_s": max(overheads),
+        "overhead_share": sum(overheads) / pipeline_wall,
+        "slowdown_vs_in_process": pipeline_wall / sum_work if sum_work else None,
     }
 
 
@@ -213,6 +251,19 @@ def print_result(result: dict) -> None:
         ("  import components.tracking, components.datasets", f"{s['floor_import_task_modules_s']:8.2f} s"),
         ("  import mlflow + connect to the SQLite store", f"{s['floor_mlflow_store_connect_s']:8.2f} s"),
     ]
+    container = result.get("container")
+    if container:
+        c = container["summary"]
+        rows += [
+            (f"every task in the image ({container['image']}):", ""),
+            ("  pipeline wall time", f"{c['pipeline_wall_s']:8.2f} s  ({c['wall_vs_subprocess']:.2f}x the subprocess "
+                                     "runner's)"),
+            ("  per-task overhead (sum)", f"{c['sum_overhead_s']:8.2f} s  ({100 * c['overhead_share']:.1f}% of wall)"),
+            ("  per-task overhead median / max", f"{c['median_overhead_s']:8.2f} / {c['max_overhead_s']:.2f} s  "
+                                                 f"({c['median_overhead_vs_subprocess_s']:+.2f} s median vs subprocess)"),
+        ]
+    else:
+        rows.append(("container runner", "not measured (--runners subprocess)"))
     label = max(len(r[0]) for r in rows)
     print()
     for name, value in rows:

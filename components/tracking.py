@@ -155,7 +155,8 @@ def _number(value: float) -> str:
 
 
 @contextmanager
-def task_run(ctx: RunContext, task: str, params: dict[str, Any], what: str = "") -> Iterator[Any]:
+def task_run(ctx: RunContext, task: str, params: dict[str, Any], what: str = "",
+             system_metrics: bool | None = None) -> Iterator[Any]:
     """A nested MLflow run for one task; the body's wall time is logged as ``work_seconds``.
 
     ``what`` says in words what the task does; the run's description (the MLflow UI shows it)
@@ -169,7 +170,7 @@ def task_run(ctx: RunContext, task: str, params: dict[str, Any], what: str = "")
     parent = parent_run_id(ctx)
     client = mlflow.MlflowClient(ctx.tracking_uri)
     run = mlflow.start_run(run_name=task, parent_run_id=parent,
-                           experiment_id=client.get_run(parent).info.experiment_id,
+                           experiment_id=client.get_run(parent).info.experiment_id, log_system_metrics=system_metrics,
                            tags={**ctx.tags(), ROLE: "task", "distillery.task": task, NOTE: f"{what}. Running."})
     mlflow.log_params({k: str(v)[:6000] for k, v in params.items()})
     started = time.perf_counter()
@@ -209,13 +210,35 @@ def method_task(stage: str, method: str, context: str, run_key: str, params: str
     parameters, and the task's nested MLflow run. Yields ``(ctx, method, params)``.
 
     ``run_key`` identifies the pipeline run (KFP's job id): every task of one run shares it.
+
+    A stage that runs torch (:data:`components.devices.TORCH_STAGES`) resolves its ``device`` and
+    ``precision`` from the config first (``device: cuda`` without CUDA fails here, before the task
+    reads any data), makes them current for the block (:func:`components.devices.current`), tags the
+    run with them (GPU name and count on CUDA) and, on CUDA, logs MLflow's GPU system metrics.
     """
-    from components import registry
+    from components import devices, registry
 
     ctx = RunContext.from_json(context)
     ctx.run_key = run_key
     entry = registry.get(stage, method)
     resolved = entry.resolve_params(json.loads(params or "{}"))
+    placement, unusable = None, None
+    if stage in devices.TORCH_STAGES:
+        try:
+            placement = devices.resolve(*devices.stage_spec(ctx.config, stage))
+        except devices.DeviceError as exc:
+            unusable = exc  # raised inside the task's run, so the run and its parent record why
+    gpu = placement is not None and placement.device.type == "cuda"
     what = f"{stage.replace('_', ' ').capitalize()} with `{method}`: {entry.summary.rstrip('.')}"
-    with task_run(ctx, registry.task_name(stage, method, round_index), {"method": method, **resolved}, what):
-        yield ctx, entry, resolved
+    with task_run(ctx, registry.task_name(stage, method, round_index), {"method": method, **resolved}, what,
+                  system_metrics=True if gpu else None):
+        if unusable is not None:
+            raise unusable
+        if placement is None:
+            yield ctx, entry, resolved
+            return
+        import mlflow
+
+        mlflow.set_tags(devices.describe(placement))
+        with devices.placed(placement):
+            yield ctx, entry, resolved

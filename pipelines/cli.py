@@ -142,6 +142,7 @@ def cmd_run(args) -> int:
     from pipelines.runtime import project_root, run_context
 
     config = load_config(args.config)
+    _check_devices(config, args.config)
     root = project_root()
     image = _container_image() if args.runner == "container" else None  # before any other work
     ctx = run_context(config, root)
@@ -156,6 +157,19 @@ def cmd_run(args) -> int:
     print(f"MLflow tracking: {ctx.tracking_uri}")
     ok = execute_locally(config, ctx, root, image=image)
     return report(ctx, ok)
+
+
+def _check_devices(config: dict, source: str) -> None:
+    """``device: cuda`` needs CUDA where the tasks run: here (host processes, or containers that
+    podman starts without GPUs). Refused before any work, naming the stages."""
+    from components.devices import stage_spec, unavailable_stages
+
+    stages = unavailable_stages(config)
+    if stages:
+        asked = ", ".join(f"{s}.device: {stage_spec(config, s)[0]}" for s in stages)
+        raise ConfigError(f"{source}: {asked}, but this machine has no CUDA device (torch sees none): use device: "
+                          "auto (CUDA when present, else the CPU) or cpu to run here, or submit the pipeline to a "
+                          "cluster with GPU nodes (`distillery submit`)")
 
 
 def _container_image():

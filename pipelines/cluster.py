@@ -160,6 +160,13 @@ def apply_task_settings(task, stage: str, cluster: dict[str, Any]) -> None:
     and for GPU stages the accelerator, node selector and tolerations."""
     from kfp import kubernetes
 
+    from components.images import IMAGE
+
+    # what each task's MLflow run records about where it ran (components.tracking.where_tags)
+    task.set_env_variable("DISTILLERY_RUNNER", "kubernetes")
+    task.set_env_variable("DISTILLERY_IMAGE", IMAGE)
+    if "@sha256:" in IMAGE:  # an image pinned by digest: the digest is known at compile time
+        task.set_env_variable("DISTILLERY_IMAGE_DIGEST", IMAGE.split("@", 1)[1])
     kubernetes.use_secret_as_env(task, cluster["mlflow_secret"], MLFLOW_SECRET_ENV)
     kubernetes.use_secret_as_env(task, cluster["dvc_secret"], DVC_SECRET_ENV)
     kubernetes.use_config_map_as_volume(task, DVC_CONFIG_MAP, mount_path=DVC_CONFIG_DIR)

@@ -23,9 +23,13 @@ KIND_STAGES = {
     "retraining": ("curation", "split", "training", "distillation", "evaluation"),
 }
 TOP_LEVEL = {"name", "description", "seed", "experiment", "data", "pipeline", "retraining", "cluster",
-             *PIPELINE_STAGES}
+             "device", "precision", *PIPELINE_STAGES}
 STAGE_KEYS = {"method", "params"}
-EXTRA_STAGE_KEYS = {"selection": {"rounds", "batch_size"}, "curation": {"steps"}}
+# Stages that run torch take `device` (auto | cpu | cuda) and `precision` (fp32 | bf16); the
+# top-level keys of the same names are their default (components/devices.py).
+PLACEMENT_KEYS = {"device", "precision"}
+EXTRA_STAGE_KEYS = {"selection": {"rounds", "batch_size", *PLACEMENT_KEYS}, "curation": {"steps"},
+                    "training": PLACEMENT_KEYS, "distillation": PLACEMENT_KEYS, "evaluation": PLACEMENT_KEYS}
 # When a scheduled run retrains (see components/evaluation/retraining.py).
 RETRAINING_DEFAULTS = {"min_new_labels": 100, "drift_alpha": 0.01, "retrain_on_drift": True}
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.yaml"
@@ -82,6 +86,7 @@ def validate_config(raw: Any, source: str = "config") -> dict[str, Any]:
             raise ConfigError(f"{where}: needs a 'method'")
         _no_unknown(section, STAGE_KEYS | EXTRA_STAGE_KEYS.get(stage, set()), where)
         section["params"] = _resolve(stage, section, where)
+    _placements(config, stages, source)
     config["curation"]["steps"] = _curation_steps(config["curation"].get("steps"), f"{source}: curation.steps")
     if kind == "active_learning":
         selection = config["selection"]
@@ -109,6 +114,25 @@ def validate_config(raw: Any, source: str = "config") -> dict[str, Any]:
         except ClusterConfigError as exc:
             raise ConfigError(f"{source}: cluster: {exc}") from None
     return config
+
+
+def _placements(config: dict[str, Any], stages: tuple[str, ...], source: str) -> None:
+    """Every torch stage gets its ``device`` and ``precision`` (its own, else the top-level ones,
+    else auto / fp32), checked here; whether CUDA is there is checked where the stage runs."""
+    from components.devices import DeviceError, check_spec
+
+    config.setdefault("device", "auto")
+    config.setdefault("precision", "fp32")
+    try:
+        check_spec(config["device"], config["precision"], source)
+        for stage in stages:
+            if PLACEMENT_KEYS <= EXTRA_STAGE_KEYS.get(stage, set()):
+                section = config[stage]
+                section.setdefault("device", config["device"])
+                section.setdefault("precision", config["precision"])
+                check_spec(section["device"], section["precision"], f"{source}: {stage}")
+    except DeviceError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _resolve(stage: str, section: dict, where: str) -> dict[str, Any]:

@@ -65,7 +65,9 @@ def test_gpu_tasks_carry_accelerator_node_selector_and_tolerations_cpu_tasks_non
                            "dvc-s3": {"access-key-id": "AWS_ACCESS_KEY_ID",
                                       "secret-access-key": "AWS_SECRET_ACCESS_KEY"}}
         env = {e["name"]: e["value"] for e in container["env"]}
-        assert env == {"DISTILLERY_DVC_REMOTE": "cluster", "DVC_GLOBAL_CONFIG_DIR": "/etc/dvc"}
+        assert env == {"DISTILLERY_DVC_REMOTE": "cluster", "DVC_GLOBAL_CONFIG_DIR": "/etc/dvc",
+                       # each task's MLflow run records where it ran
+                       "DISTILLERY_RUNNER": "kubernetes", "DISTILLERY_IMAGE": container["image"]}
         assert k8s["configMapAsVolume"][0]["configMapName"] == "dvc-config"
         assert k8s["podMetadata"]["labels"] == {"kueue.x-k8s.io/queue-name": "distillery"}
 

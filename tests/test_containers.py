@@ -15,6 +15,7 @@ training launcher run in the image in tests/test_k8s_launcher.py.
 from __future__ import annotations
 
 import configparser
+import json
 import os
 import re
 import shutil
@@ -286,3 +287,26 @@ def test_container_run_with_a_silent_api_socket_says_so(image, tmp_path):
     assert f"DOCKER_HOST=unix://{silent} is not answering" in done.stderr
     assert "podman system service" in done.stderr
     assert "Pipeline run" not in done.stdout  # no task started
+
+
+@pytest.mark.container
+@pytest.mark.pipeline
+def test_overhead_benchmark_measures_both_runners_in_one_run(image, tmp_path):
+    """``benchmarks/pipeline_overhead.py`` runs the config with each runner and writes both, with
+    the container runner's overhead against the subprocess runner's (the README's numbers)."""
+    output = tmp_path / "overhead.json"
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "pipeline_overhead.py"), "--quick", "--rounds",
+                           "0", "--output", str(output)], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result = json.loads(output.read_text())
+    container = result["container"]
+    assert container["image_digest"] == image.digest
+    names = [t["name"] for t in result["tasks"]]
+    assert [t["name"] for t in container["tasks"]] == names == [
+        "curate-gx_dedup", "split-stratified", "round-0-train-small_cnn", "distil-hinton_kd", "evaluate-classification"]
+    for task in container["tasks"]:
+        assert 0 < task["work_s"] < task["wall_s"], task  # a container costs more than the work itself
+    summary = container["summary"]
+    assert summary["wall_vs_subprocess"] == pytest.approx(
+        summary["pipeline_wall_s"] / result["summary"]["pipeline_wall_s"], rel=1e-3)
+    assert "every task in the image" in done.stdout

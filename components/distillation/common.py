@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from components.devices import autocast, model_device
+
 UNLABELLED = -1
 
 
@@ -25,7 +27,7 @@ def output_shape(model: nn.Module, num_features: int) -> tuple[int, ...]:
     model.eval()
     try:
         with torch.no_grad():
-            return tuple(model(torch.zeros(1, num_features)).shape[1:])
+            return tuple(model(torch.zeros(1, num_features, device=model_device(model))).shape[1:])
     finally:
         model.train(was_training)
 
@@ -88,9 +90,15 @@ def training_tensors(labelled_features, labels, unlabelled_features) -> tuple[to
 
 @torch.no_grad()
 def logits_of(model: nn.Module, x: torch.Tensor, batch_size: int = 2048) -> torch.Tensor:
-    """``model``'s logits ``(N, K)`` for ``x`` ``(N, D)`` in eval mode, in chunks."""
+    """``model``'s logits ``(N, K)`` for ``x`` ``(N, D)`` in eval mode, in chunks on the model's
+    device (in the current precision); float32, on the CPU beside ``x``."""
     model.eval()
-    return torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+    device = model_device(model)
+    out = []
+    for i in range(0, len(x), batch_size):
+        with autocast(device):
+            out.append(model(x[i:i + batch_size].to(device)).float().cpu())
+    return torch.cat(out)
 
 
 class StageEpochs:

@@ -14,6 +14,8 @@ import torch
 from torch import nn
 from torch.nn.modules import activation, pooling
 
+from components.devices import model_device
+
 # What counts as a "layer output" by default: the output of a nonlinearity or a pooling (the end of
 # a block). Softmax-like modules produce probabilities, not features; MultiheadAttention returns tuples.
 _NOT_FEATURES = (nn.Softmax, nn.Softmin, nn.LogSoftmax, nn.Softmax2d, nn.MultiheadAttention, nn.GLU)
@@ -42,7 +44,7 @@ def execution_order(model: nn.Module, num_features: int) -> list[str]:
     try:
         model.eval()
         with torch.no_grad():
-            model(torch.zeros(1, num_features))
+            model(torch.zeros(1, num_features, device=model_device(model)))
     finally:
         model.train(was_training)
         for h in handles:
@@ -108,7 +110,7 @@ def feature_shapes(model: nn.Module, names: Sequence[str], num_features: int) ->
     model.eval()
     try:
         with capture(model, names) as out, torch.no_grad():
-            model(torch.zeros(1, num_features))
+            model(torch.zeros(1, num_features, device=model_device(model)))
     finally:
         model.train(was_training)
     return {n: tuple(out[n].shape[1:]) for n in names}

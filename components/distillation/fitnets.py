@@ -22,6 +22,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from components.distillation import features, hinton_kd
+from components.devices import model_device
 from components.distillation.common import StageEpochs, check_compatible, training_tensors
 from components.training.train import fit
 
@@ -80,7 +81,7 @@ def distil(teacher: nn.Module, student: nn.Module, labelled_features, labels, un
     torch.manual_seed(seed)
     hint_module = dict(teacher.named_modules())[hint_layer]
     regressor = make_regressor(guided_shape, hint_shape, copy.deepcopy(hint_module)
-                               if isinstance(hint_module, features.ACTIVATIONS) else None)
+                               if isinstance(hint_module, features.ACTIVATIONS) else None).to(model_device(student))
     x, _ = training_tensors(labelled_features, labels, unlabelled_features)
     stages = StageEpochs(on_epoch)
     trainable = nn.ModuleDict({"student": student, "regressor": regressor})

@@ -31,6 +31,7 @@ import torch
 from numpy.polynomial import legendre
 from torch import nn
 
+from components.devices import model_device
 from components.distillation.common import check_compatible, logits_of, training_tensors
 from components.distillation.hinton_kd import kd_loss
 from components.training import models
@@ -123,7 +124,8 @@ def distil(teacher: nn.Module, student: nn.Module, labelled_features, labels, un
     body = student[1:]
 
     torch.manual_seed(seed)
-    proxies = torch.rand(len(x), slot.proxy.numel(), requires_grad=True)  # as the reference: U[0, 1)
+    # as the reference: U[0, 1); drawn on the CPU (the same values on any device), kept beside the student
+    proxies = torch.rand(len(x), slot.proxy.numel()).to(model_device(student)).requires_grad_(True)
     proxy_optimiser = torch.optim.Adam([proxies], lr=lr)
 
     def bias(logits: torch.Tensor, yb: torch.Tensor, gb: torch.Tensor) -> torch.Tensor:

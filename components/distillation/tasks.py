@@ -33,6 +33,7 @@ def run_distillation(method: str, context: str, run_key: str, params: str, datas
     import mlflow
     import numpy as np
 
+    from components import devices
     from components.distillation.common import check_compatible
     from components.distillation.export import check_exportable
     from components.distillation.hinton_kd import make_student
@@ -42,9 +43,10 @@ def run_distillation(method: str, context: str, run_key: str, params: str, datas
 
     with method_task("distillation", method, context, run_key, params) as (ctx, entry, p):
         data, split, labels = load_labelled(dataset), load_arrays(splits), load_arrays(labelled)
-        teacher_model = models.load(teacher)
+        device = devices.current().device  # teacher and student train there; the data moves batch by batch
+        teacher_model = models.load(teacher).to(device)
         arch_kwargs = student_arch_kwargs(p)
-        student = make_student(p["student"], data.meta, arch_kwargs, ctx.seed)
+        student = make_student(p["student"], data.meta, arch_kwargs, ctx.seed).to(device)
         # mismatched classes or feature counts: a clear error before any training time is spent
         check_compatible(teacher_model, student, data.features.shape[1], len(data.meta["classes"]), labels["labels"])
         check_exportable(student)  # the deployable student must export to ONNX: fail before training

@@ -27,6 +27,7 @@ def run_evaluation(method: str, context: str, run_key: str, params: str, dataset
     import mlflow
     import numpy as np
 
+    from components import devices
     from components.distillation.export import log_onnx
     from components.evaluation import plots
     from components.evaluation.fairness import fairness_metrics, sensitive_attributes
@@ -46,8 +47,9 @@ def run_evaluation(method: str, context: str, run_key: str, params: str, dataset
         client = mlflow.MlflowClient()
         parent = parent_run_id(ctx)
         results, fitted = {}, {"teacher": models.load(teacher), "student": models.load(student)}
+        device = devices.current().device  # predictions on the stage's device; models are logged from the CPU
         for role, model in fitted.items():
-            probs = models.predict_proba(model, x_test)
+            probs = models.predict_proba(model.to(device), x_test)
             metrics = entry.load()(probs, y_test, p["ece_bins"])
             metrics.update(fairness_metrics(probs.argmax(-1).numpy(), y_test, sensitive, data.num_classes))
             results[role] = metrics
@@ -69,6 +71,7 @@ def run_evaluation(method: str, context: str, run_key: str, params: str, dataset
         plots.log_figure(curve, "learning_curve.png", also_to=(parent,))
 
         example = np.ascontiguousarray(x_test[:5], dtype=np.float32)
+        fitted = {role: model.cpu() for role, model in fitted.items()}  # any machine can load what is logged
         log_model(fitted["teacher"], "teacher", example)
         student_info = log_model(fitted["student"], "student", example)
         log_onnx(fitted["student"], example)  # the deployable student, as artifact student.onnx of this run
@@ -76,8 +79,8 @@ def run_evaluation(method: str, context: str, run_key: str, params: str, dataset
         name = registered_model_name(p, data.meta)
 
         def score(uri: str) -> float:
-            return entry.load()(models.predict_proba(mlflow.pytorch.load_model(uri), x_test), y_test,
-                                p["ece_bins"])[metric]
+            champion = mlflow.pytorch.load_model(uri, map_location="cpu").to(device)
+            return entry.load()(models.predict_proba(champion, x_test), y_test, p["ece_bins"])[metric]
 
         gate_decision = check_gate(results["student"], gate)
         decision = register_and_promote(client, student_info.model_uri, name, metric,

@@ -24,6 +24,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from components import devices
 from components.selection.strategies import Strategy
 
 
@@ -83,7 +84,7 @@ class ExpectedGradNorm(_GradNorm):
         num_classes = logits.shape[-1]
         # CE(logits, c) for every class c at once: K copies of the logits against targets 0..K-1
         per_class = F.cross_entropy(logits.expand(num_classes, num_classes),
-                                    torch.arange(num_classes), reduction="none")
+                                    torch.arange(num_classes, device=logits.device), reduction="none")
         return (logits.softmax(-1) * per_class).sum()
 
 
@@ -121,10 +122,10 @@ def per_sample_gradnorms(model: Any, features: np.ndarray, loss: Callable[[Any],
     per_item_grads = vmap(grad(item_loss), in_dims=(None, 0))
     scores = np.empty(len(features), dtype=np.float64)
     for start in range(0, len(features), chunk_size):
-        x = torch.as_tensor(features[start:start + chunk_size], dtype=dtype)
+        x = devices.to_model(model, features[start:start + chunk_size], dtype)  # chunks go where the model is
         grads = per_item_grads(params, x)
         norms = sum(g.reshape(len(x), -1).norm(dim=1) for g in grads.values())
-        scores[start:start + len(x)] = norms.double().numpy()
+        scores[start:start + len(x)] = norms.double().cpu().numpy()
     return scores
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from components import devices
 from components.selection.strategies import Strategy
 
 
@@ -56,15 +57,18 @@ class BALD(Strategy):
         prefix, suffix = split_at_first_dropout(model)
         seed = int(rng.integers(2 ** 63 - 1))
         scores = np.empty(len(pool), dtype=np.float64)
-        with torch.random.fork_rng(devices=[]), torch.no_grad():
+        device = devices.model_device(model)
+        # the masks are drawn where the model runs: fork that device's generator too
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
             torch.manual_seed(seed)
             try:
                 model.eval()
                 for module in dropouts:
                     module.train()
                 for start in range(0, len(pool), pool.chunk_size):
-                    x = torch.as_tensor(pool.features[start:start + pool.chunk_size], dtype=torch.float32)
-                    scores[start:start + len(x)] = mc_mutual_information(prefix, suffix, x, self.mc_passes)
+                    x = devices.to_model(model, pool.features[start:start + pool.chunk_size])
+                    with devices.autocast(device):
+                        scores[start:start + len(x)] = mc_mutual_information(prefix, suffix, x, self.mc_passes)
             finally:
                 model.eval()
         return scores
@@ -116,7 +120,7 @@ def mc_mutual_information(prefix: Any, suffix: Any, x: Any, passes: int) -> np.n
 
     hidden = prefix(x)
     sum_probs = None
-    sum_entropy = torch.zeros(len(x), dtype=torch.float64)
+    sum_entropy = torch.zeros(len(x), dtype=torch.float64, device=hidden.device)
     for _ in range(passes):
         log_probs = suffix(hidden).log_softmax(-1).double()
         probs = log_probs.exp()
@@ -125,4 +129,4 @@ def mc_mutual_information(prefix: Any, suffix: Any, x: Any, passes: int) -> np.n
     mean_probs = sum_probs / passes
     entropy_of_mean = torch.special.entr(mean_probs).sum(-1)
     # mutual information is >= 0; rounding can leave -1e-16 where all passes agree
-    return (entropy_of_mean - sum_entropy / passes).clamp_min(0.0).numpy()
+    return (entropy_of_mean - sum_entropy / passes).clamp_min(0.0).cpu().numpy()

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from components import devices
+
 
 class Pool:
     """One query's view of the data.
@@ -88,7 +90,7 @@ class Pool:
 
         try:
             with torch.no_grad():
-                self.model(torch.as_tensor(sample, dtype=torch.float32))
+                self.model(devices.to_model(self.model, sample))
         except RuntimeError as exc:
             raise ValueError(f"feature-dimension mismatch: the model does not accept pool items with "
                              f"{sample.shape[1]} features ({str(exc).splitlines()[0]})") from None
@@ -141,10 +143,13 @@ def last_linear(model: Any):
 
 def forward(model: Any, features: np.ndarray, chunk_size: int,
             embeddings: bool) -> tuple[np.ndarray, np.ndarray | None]:
-    """Probabilities ``(N, K)`` and optionally embeddings ``(N, H)``, streamed in chunks, eval mode."""
+    """Probabilities ``(N, K)`` and optionally embeddings ``(N, H)``, streamed in chunks, eval mode.
+    Each chunk runs on the model's device (in the current precision); results come back as float32
+    on the CPU."""
     import torch
 
     model.eval()
+    device = devices.model_device(model)
     captured: list[torch.Tensor] = []
     hook = last_linear(model).register_forward_hook(
         lambda module, inputs, output: captured.append(inputs[0].detach())) if embeddings else None
@@ -152,10 +157,12 @@ def forward(model: Any, features: np.ndarray, chunk_size: int,
     try:
         with torch.no_grad():
             for start in range(0, len(features), chunk_size):
-                x = torch.as_tensor(features[start:start + chunk_size], dtype=torch.float32)
-                probs.append(model(x).softmax(-1).numpy())
+                x = devices.to_model(model, features[start:start + chunk_size])
+                with devices.autocast(device):
+                    logits = model(x)
+                probs.append(logits.float().softmax(-1).cpu().numpy())
                 if embeddings:
-                    embs.append(captured.pop().reshape(len(x), -1).numpy())
+                    embs.append(captured.pop().reshape(len(x), -1).float().cpu().numpy())
     finally:
         if hook is not None:
             hook.remove()

@@ -20,12 +20,15 @@ def run_selection(method: str, context: str, run_key: str, params: str, round_in
                   dataset: str, splits: str, labelled: str, model: str, selected_out: str) -> None:
     import mlflow
 
+    from components import devices
     from components.training import models
 
     with method_task("selection", method, context, run_key, params, round_index) as (ctx, entry, p):
         data, labelled_set = load_labelled(dataset), load_arrays(labelled)
         pool = unlabelled_rows(load_arrays(splits), labelled_set)
-        view = Pool(data.features[pool], models.load(model), data.features[labelled_set["rows"]],
+        # the model on the stage's device; the pool streams through it in chunks (Pool.forward)
+        view = Pool(data.features[pool], models.load(model).to(devices.current().device),
+                    data.features[labelled_set["rows"]],
                     labelled_set["labels"], num_classes=data.num_classes)
         positions, scores = entry.load()(seed=ctx.seed + round_index, **p).select(view, batch_size)
         rows = pool[positions]

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from components import devices
 from components.training.models import build
 from components.training.train import accuracy, cross_entropy, fit, train_classifier
 
@@ -69,6 +70,9 @@ def spsa_finetune(features, labels, meta: dict, arch: str, arch_kwargs: dict, ep
     config = spsa.SPSAConfig(samples_per_worker=samples_per_worker, batch_size=batch_size, lr=spsa_lr,
                              eps=epsilon, seed=seed)
     model = train_classifier(features, labels, meta, arch, arch_kwargs, epochs, lr, batch_size, seed, on_epoch)
+    # The SPSA workers exchange bytes over gloo and step on the CPU (their agreement is checked by
+    # hashing weights, which must be computed the same way everywhere): the fine-tuning is CPU work.
+    model = model.cpu()
     mlflow = _active_mlflow()
     order = np.random.default_rng(seed).permutation(len(labels))  # shards: every workers-th row of a shuffle
     with tempfile.TemporaryDirectory(prefix="spsa-finetune-") as tmp:
@@ -108,6 +112,9 @@ def federated(features, labels, meta: dict, arch: str, arch_kwargs: dict, epochs
     """
     from components.training import federated as fl
 
+    if devices.current().device.type != "cpu":  # a simulation of many clients: one CPU process holds them all
+        _progress(f"federated: the clients are simulated on the CPU (the stage's device {devices.current().device} "
+                  "is not used)")
     if clusters < 1 or rounds < 1:
         raise ValueError(f"federated needs clusters >= 1 and rounds >= 1, got clusters={clusters}, rounds={rounds}")
     if clients < clusters:

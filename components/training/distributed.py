@@ -52,6 +52,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from components import devices
+
 METRICS_PREFIX = "DISTILLERY_METRICS "
 ENV_PREFIX = "DISTILLERY_TRAIN_"
 ROOT = Path(__file__).resolve().parents[2]  # the project, so `-m components...` imports in every rank
@@ -118,6 +120,13 @@ def train_data_parallel(features, labels, meta: dict, arch: str, arch_kwargs: di
     _check_batch(batch_size, nproc_per_node)
     if len(features) != len(labels):
         raise ValueError(f"{len(features)} feature rows but {len(labels)} labels")
+    placement = devices.current()
+    if placement.device.type == "cuda":
+        import torch
+
+        if nproc_per_node > torch.cuda.device_count():
+            raise ValueError(f"nproc_per_node {nproc_per_node} on device cuda needs one GPU per process; this machine "
+                             f"has {torch.cuda.device_count()}")
     with tempfile.TemporaryDirectory(prefix="distillery-ddp-") as tmp:
         tmp = Path(tmp)
         data, out = tmp / "train.npz", tmp / "model.pt"
@@ -129,7 +138,9 @@ def train_data_parallel(features, labels, meta: dict, arch: str, arch_kwargs: di
                    "--data", str(data), "--out", str(out), "--arch", arch, "--arch-kwargs", json.dumps(arch_kwargs),
                    "--epochs", str(epochs), "--lr", repr(float(lr)), "--batch-size", str(batch_size),
                    "--seed", str(seed), "--checkpoint-dir", str(checkpoint_dir or tmp / "checkpoints"),
-                   "--checkpoint-every", str(checkpoint_every), "--timeout", str(timeout), *(extra_args or [])]
+                   "--checkpoint-every", str(checkpoint_every), "--timeout", str(timeout),
+                   # the task's placement: every rank on the CPU, or rank r on cuda:r
+                   "--device", placement.device.type, "--precision", placement.precision, *(extra_args or [])]
         env = {**os.environ, "PYTHONUNBUFFERED": "1",
                "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
         # torchrun shares its rendezvous store with the workers by default; after a restart
@@ -205,8 +216,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-every", type=int, default=1, help="epochs between checkpoints")
     p.add_argument("--keep", type=int, default=2, help="complete checkpoints to keep")
     p.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints")
+    p.add_argument("--device", choices=devices.DEVICES, default="auto",
+                   help="auto: rank r on cuda:r when CUDA is available, else the CPU")
+    p.add_argument("--precision", choices=devices.PRECISIONS, default="fp32", help="bf16: forward passes under autocast")
     p.add_argument("--backend", choices=("auto", "gloo", "nccl"), default="auto",
-                   help="auto: nccl when CUDA is available, else gloo")
+                   help="auto: nccl on CUDA, else gloo")
     p.add_argument("--timeout", type=float, default=300.0,
                    help="seconds to wait for the process group to form, and for each collective")
     p.add_argument("--metrics-out", default=None, help="also append the metrics records (JSON lines) here")
@@ -331,14 +345,17 @@ def main(argv: list[str] | None = None) -> int:
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     distributed = world > 1
     _check_batch(args.batch_size, world)
-    backend = ("nccl" if torch.cuda.is_available() else "gloo") if args.backend == "auto" else args.backend
-    if backend == "nccl":
-        if not torch.cuda.is_available():
-            raise SystemExit("--backend nccl needs CUDA, which this machine does not have: use gloo")
-        torch.cuda.set_device(local_rank)
-        device = torch.device("cuda", local_rank)
-    else:
-        device = torch.device("cpu")
+    try:
+        placement = devices.resolve(f"cuda:{local_rank}" if args.device == "cuda" or (
+            args.device == "auto" and torch.cuda.is_available()) else "cpu", args.precision)
+    except devices.DeviceError as exc:
+        raise SystemExit(f"rank {rank}: {exc}") from None
+    device = placement.device
+    backend = ("nccl" if device.type == "cuda" else "gloo") if args.backend == "auto" else args.backend
+    if backend == "nccl" and device.type != "cuda":
+        raise SystemExit("--backend nccl needs CUDA (NCCL moves GPU tensors only): use gloo, or --device cuda")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
     arch_kwargs = json.loads(args.arch_kwargs)
     if not isinstance(arch_kwargs, dict):
         raise SystemExit(f"--arch-kwargs must be a JSON object, got {args.arch_kwargs!r}")
@@ -351,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
         features, labels, meta = _load_inputs(args)
         report.say(f"{len(features)} samples, global batch {args.batch_size} over {world} process(es) "
                    f"(~{args.batch_size // world} each), backend {backend if distributed else 'none'}, "
-                   f"device {device}, {torch.get_num_threads()} thread(s)")
+                   f"device {device} ({placement.precision}), {torch.get_num_threads()} thread(s)")
         checkpointing = None
         if args.checkpoint_dir:
             digest = hashlib.sha256(np.ascontiguousarray(features).tobytes())
@@ -378,9 +395,10 @@ def main(argv: list[str] | None = None) -> int:
                            "workers": [vars(w) for w in workers]})
 
         try:
-            model = train_classifier(features, labels, meta, args.arch, arch_kwargs, args.epochs, args.lr,
-                                     args.batch_size, args.seed, on_epoch, device=device, distributed=distributed,
-                                     checkpointing=checkpointing, on_workers=on_workers)
+            with devices.placed(placement):
+                model = train_classifier(features, labels, meta, args.arch, arch_kwargs, args.epochs, args.lr,
+                                         args.batch_size, args.seed, on_epoch, device=device, distributed=distributed,
+                                         checkpointing=checkpointing, on_workers=on_workers)
         except SimulatedCrash as exc:
             report.say(str(exc))
             return 3

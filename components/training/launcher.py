@@ -58,6 +58,7 @@ from typing import Any, Callable, Iterable
 
 import yaml
 
+from components import devices
 # The manifests of k8s/training, shipped inside the package (package data: ``templates`` links to
 # k8s/training in the source tree, and an install copies the files), so a pod finds them too.
 TEMPLATES = Path(__file__).parent / "templates"
@@ -672,7 +673,9 @@ def ddp_trainjob(features, labels, meta: dict, arch: str, arch_kwargs: dict, epo
         args=["-m", "components.training.distributed", "--data", f"{pod_dir}/{data}", "--out", f"{pod_dir}/model.pt",
               "--arch", arch, "--arch-kwargs", json.dumps(arch_kwargs, sort_keys=True), "--epochs", str(epochs),
               "--lr", repr(float(lr)), "--batch-size", str(batch_size), "--seed", str(seed),
-              "--checkpoint-dir", f"{pod_dir}/checkpoints", "--checkpoint-every", str(checkpoint_every)],
+              "--checkpoint-dir", f"{pod_dir}/checkpoints", "--checkpoint-every", str(checkpoint_every),
+              # the pods' own GPUs decide (CUDA when gpus_per_node > 0); the stage's precision applies
+              "--device", "cuda" if gpus_per_node > 0 else "cpu", "--precision", devices.current().precision],
         # The command line says everything; the template's DISTILLERY_TRAIN_* (a DVC dataset, its own
         # MLflow experiment) would contradict it (--dataset and --data exclude each other).
         env={**{e["name"]: None for e in load_template(TRAINJOB_TEMPLATE, "TrainJob")["spec"]["trainer"]["env"]

@@ -26,6 +26,8 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
+from components import devices
+
 
 class Preprocess(nn.Module):
     """``(x - offset) / scale`` then reshape ``(N, D) -> (N, *shape)``."""
@@ -289,7 +291,7 @@ def count_flops(model: nn.Module, input_shape: tuple[int, ...] | list[int]) -> i
     model.eval()
     try:
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            model(torch.zeros(1, *input_shape))
+            model(torch.zeros(1, *input_shape, device=devices.model_device(model)))
     finally:
         model.train(was_training)
     return int(counter.get_total_flops())
@@ -314,12 +316,15 @@ def fuse(model: nn.Module) -> nn.Module:
 def save(model: nn.Module, path: str, arch: str, meta: dict, kwargs: dict) -> None:
     """Architecture, dataset meta, architecture keywords and weights; a fused model is saved fused
     (``fused: True``) and :func:`load` fuses a fresh build before loading its weights."""
-    torch.save({"arch": arch, "meta": meta, "kwargs": kwargs, "state_dict": model.state_dict(),
+    # CPU tensors, whatever device the model trained on, so any machine can load the file
+    torch.save({"arch": arch, "meta": meta, "kwargs": kwargs,
+                "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                 "fused": is_fused(model)}, path)
 
 
 def load(path: str) -> nn.Module:
-    blob = torch.load(path, weights_only=True)
+    """The saved model on the CPU, in eval mode (a task moves it to its stage's device)."""
+    blob = torch.load(path, weights_only=True, map_location="cpu")
     model = build(blob["arch"], blob["meta"], **blob["kwargs"])
     if blob.get("fused"):
         fuse(model)
@@ -329,7 +334,13 @@ def load(path: str) -> nn.Module:
 
 @torch.no_grad()
 def predict_proba(model: nn.Module, features, batch_size: int = 2048) -> torch.Tensor:
-    """Class probabilities ``(N, K)`` for raw features ``(N, D)``, in eval mode."""
+    """Class probabilities ``(N, K)`` on the CPU for raw features ``(N, D)``, in eval mode; each
+    batch runs on the model's device (in the current precision, :mod:`components.devices`)."""
     model.eval()
-    x = torch.as_tensor(features, dtype=torch.float32)
-    return torch.cat([model(x[i:i + batch_size]).softmax(-1) for i in range(0, len(x), batch_size)])
+    device = devices.model_device(model)
+    out = []
+    for i in range(0, len(features), batch_size):
+        with devices.autocast(device):
+            logits = model(devices.to_model(model, features[i:i + batch_size]))
+        out.append(logits.float().softmax(-1).cpu())
+    return torch.cat(out) if out else torch.zeros(0, 0)

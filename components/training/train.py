@@ -23,6 +23,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from components import devices
 from components.training import checkpoint, models
 
 LossFn = Callable[..., torch.Tensor]
@@ -89,7 +90,9 @@ def fit(model: nn.Module, tensors: tuple[torch.Tensor, ...], loss_fn: LossFn, ep
     """Adam on shuffled mini-batches of ``tensors``; ``loss_fn(model, *batch)`` gives the loss.
 
     Args:
-        tensors: equally long tensors, the first being the inputs ``(N, D)``; on the model's device.
+        tensors: equally long tensors, the first being the inputs ``(N, D)``; anywhere: each batch
+            moves to the model's device (kept on the CPU, a large set never has to fit on a GPU).
+            Forward passes run in the current precision (:func:`components.devices.autocast`).
         loss_fn: the *mean* of per-sample losses over the batch it is given (what makes the
             data-parallel gradient equal the single-process one).
         batch_size: the global batch: under DDP with ``W`` ranks each rank takes
@@ -123,6 +126,11 @@ def fit(model: nn.Module, tensors: tuple[torch.Tensor, ...], loss_fn: LossFn, ep
         # Constructing DDP broadcasts rank 0's parameters, so every rank starts from one model.
         net = DistributedDataParallel(model, device_ids=[cuda.index] if cuda.type == "cuda" else None)
     n = len(tensors[0])
+    device = devices.model_device(model)
+
+    def on_device(rows: torch.Tensor) -> list[torch.Tensor]:
+        return [t[rows].to(device, non_blocking=True) for t in tensors]
+
     for epoch in range(start_epoch, epochs):
         model.train()
         started = time.perf_counter()
@@ -131,20 +139,23 @@ def fit(model: nn.Module, tensors: tuple[torch.Tensor, ...], loss_fn: LossFn, ep
         for start in range(0, n, batch_size):
             rows = order[start:start + batch_size]
             if world == 1:
-                batch = [t[rows] for t in tensors]
-                loss = objective = loss_fn(net, *batch)
+                batch = on_device(rows)
+                with devices.autocast(device):
+                    loss = objective = loss_fn(net, *batch)
             else:
                 local = rows[rank::world]
-                batch = [t[local] for t in tensors]
+                batch = on_device(local)
                 if len(local):
-                    loss = loss_fn(net, *batch)
+                    with devices.autocast(device):
+                        loss = loss_fn(net, *batch)
                     # DDP averages gradients over ranks; weighting each rank's mean by its share of
                     # the global batch makes that average the global-batch mean, uneven shards too.
                     objective = loss * (len(local) * world / len(rows))
                 else:
                     # A short last batch can leave this rank without rows; it must still take part
                     # in the all-reduce (or the others wait forever), with a zero gradient.
-                    loss, objective = None, net(batch[0]).sum()
+                    with devices.autocast(device):
+                        loss, objective = None, net(batch[0]).sum()
             optimiser.zero_grad()
             objective.backward()
             optimiser.step()
@@ -252,15 +263,14 @@ def train_classifier(features, labels, meta: dict, arch: str, arch_kwargs: dict,
                      **fit_kwargs: Any) -> nn.Module:
     """A fresh ``arch`` model trained with cross-entropy on ``(features, labels)``.
 
-    ``device`` (default CPU) holds the model and data; ``fit_kwargs`` go to :func:`fit`
+    ``device`` holds the model (default: the current placement's, :func:`components.devices.current`;
+    the CPU outside a task); batches move there one at a time. ``fit_kwargs`` go to :func:`fit`
     (``distributed``, ``checkpointing``, ``on_workers``). The model comes back on ``device``.
     """
     torch.manual_seed(seed)
-    model = models.build(arch, meta, **arch_kwargs)
+    model = models.build(arch, meta, **arch_kwargs).to(device or devices.current().device)
     x = torch.as_tensor(features, dtype=torch.float32)
     y = torch.as_tensor(labels, dtype=torch.long)
-    if device is not None:
-        model, x, y = model.to(device), x.to(device), y.to(device)
     return fit(model, (x, y), cross_entropy, epochs, lr, batch_size, seed, on_epoch, **fit_kwargs)
 
 

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from components import devices
 from components.training import models
 from components.training.adbo import problems
 from components.training.adbo.config import ADBOConfig
@@ -123,7 +124,8 @@ def adbo_hyperclean(features, labels, meta: dict, arch: str, arch_kwargs: dict, 
     sample_weights[train_rows] = weights
     sample_weights /= sample_weights.mean()
     torch.manual_seed(seed)
-    model = models.build(arch, meta, **arch_kwargs)
+    # ADBO's master and workers solve small linear problems on the CPU; the model trains on the stage's device
+    model = models.build(arch, meta, **arch_kwargs).to(devices.current().device)
     tensors = (torch.as_tensor(features, dtype=torch.float32), torch.as_tensor(labels, dtype=torch.long),
                torch.as_tensor(sample_weights))
     return fit(model, tensors, weighted_cross_entropy, epochs, lr, batch_size, seed, on_epoch)
