@@ -139,6 +139,7 @@ def _apt_sources() -> str | None:
 def _scratch() -> Iterator[Path]:
     import tempfile
 
+    home().mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="distillery-image-", dir=home()) as tmp:
         yield Path(tmp)
 
