@@ -65,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="pipeline config (default: %(default)s)")
     parser.add_argument("--quick", action="store_true", help=f"use {QUICK_CONFIG.relative_to(ROOT)}")
     parser.add_argument("--rounds", type=int, help="override selection.rounds (default: the config's)")
+    parser.add_argument("--floor-runs", type=int, default=FLOOR_RUNS,
+                        help="fresh interpreters per floor, median taken (default: %(default)s)")
     parser.add_argument("--runners", default="subprocess,container",
                         help="runners to measure, comma-separated (default: %(default)s)")
     parser.add_argument("--output", type=Path, help="result JSON (default: benchmarks/results/"
@@ -75,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="distillery-bench-") as tmp:
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{Path(tmp) / 'mlflow.db'}"
-        result = benchmark(config_path, args.rounds, args.runners.split(","))
+        result = benchmark(config_path, args.rounds, args.runners.split(","), args.floor_runs)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(result, indent=2) + "\n")
     print_result(result)
@@ -83,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def benchmark(config_path: Path, rounds: int | None, runners: list[str] = ("subprocess",)) -> dict:
+def benchmark(config_path: Path, rounds: int | None, runners: list[str] = ("subprocess",),
+              floor_runs: int = FLOOR_RUNS) -> dict:
     from pipelines.cli import RUNNERS
     from pipelines.config import load_config
     from pipelines.runtime import project_root, run_context
@@ -119,9 +122,9 @@ def benchmark(config_path: Path, rounds: int | None, runners: list[str] = ("subp
     load_before = os.getloadavg()[0]
     tasks, summary = _measure(config, ctx, root, client, None)
     load_after = os.getloadavg()[0]
-    print(f"\nMeasuring floors (median of {FLOOR_RUNS} fresh interpreters each) ...", flush=True)
-    summary.update(store_init_s=store_init,  # not part of pipeline_wall_s
-                   **{key: _median_subprocess(code, root) for key, code in FLOORS.items()})
+    print(f"\nMeasuring floors (median of {floor_runs} fresh interpreters each) ...", flush=True)
+    summary.update(store_init_s=store_init, floor_runs=floor_runs,  # store_init_s: not part of pipeline_wall_s
+                   **{key: _median_subprocess(code, root, floor_runs) for key, code in FLOORS.items()})
     container = None
     if image is not None:
         print(f"\nThe same pipeline with every task in {image.reference} ({image.id[:19]}) ...", flush=True)
@@ -214,9 +217,9 @@ def _match_tasks(client, ctx, progress) -> list[dict]:
     return tasks
 
 
-def _median_subprocess(code: str, cwd: Path) -> float:
+def _median_subprocess(code: str, cwd: Path, runs: int = FLOOR_RUNS) -> float:
     times = []
-    for _ in range(FLOOR_RUNS):
+    for _ in range(runs):
         started = time.perf_counter()
         subprocess.run([sys.executable, "-c", code], cwd=cwd, check=True, stdout=subprocess.DEVNULL)
         times.append(time.perf_counter() - started)
@@ -243,7 +246,7 @@ def print_result(result: dict) -> None:
         ("  outside tasks (compile, kfp.local)", f"{s['between_tasks_s']:8.2f} s"),
         ("per-task overhead median / max", f"{s['median_overhead_s']:8.2f} / {s['max_overhead_s']:.2f} s"),
         ("orchestrated / in-process", f"{s['slowdown_vs_in_process']:8.2f}x"),
-        (f"floors (fresh interpreter, median of {FLOOR_RUNS}):", ""),
+        (f"floors (fresh interpreter, median of {s.get('floor_runs', FLOOR_RUNS)}):", ""),
         ("  python -c pass", f"{s['floor_python_start_s']:8.2f} s"),
         ("  import kfp.dsl.executor_main", f"{s['floor_import_kfp_executor_s']:8.2f} s"),
         ("  import mlflow, torch", f"{s['floor_import_mlflow_torch_s']:8.2f} s"),

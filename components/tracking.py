@@ -39,6 +39,12 @@ class RunContext:
     launch_id: str = ""  # set by `distillery run` to find its parent run afterwards
     git_dirty: bool = False
     run_key: str = ""  # KFP's pipeline job id, filled in per task
+    # data/ differs from what data.dvc records (`distillery run --allow-dirty-data`): its actual hash
+    data_dirty: bool = False
+    data_content_hash: str = ""
+    # the `distillery run` process that owns this run (host, pid, start time): a later run on the
+    # same host can tell a dead run from a live one (pipelines/liveness.py); empty on a cluster
+    launcher: dict[str, str] = field(default_factory=dict)
 
     @property
     def seed(self) -> int:
@@ -64,6 +70,9 @@ class RunContext:
             CONFIG_NAME: self.config.get("name", ""),
             "distillery.git_dirty": str(self.git_dirty).lower(),
             "distillery.launch_id": self.launch_id,
+            "distillery.data_dirty": str(self.data_dirty).lower(),
+            **({"distillery.data_content_hash": self.data_content_hash} if self.data_dirty else {}),
+            **self.launcher,
             **where_tags(),
         }
 

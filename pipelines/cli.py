@@ -11,7 +11,8 @@ import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
-from pipelines.config import DEFAULT_CONFIG, RETRAINING_CONFIG, ConfigError, load_config, task_names
+from pipelines.config import (DEFAULT_CONFIG, RETRAINING_CONFIG, ConfigError, check_against_data, load_config,
+                              task_names)
 
 DEFAULT_CLUSTER_TRACKING_URI = "http://mlflow.distillery.svc.cluster.local:5000"
 RUNNERS = ("subprocess", "container")
@@ -24,12 +25,30 @@ def main(argv: list[str] | None = None) -> int:
         return args.handler(args) or 0
     except (ConfigError, ValueError, FileNotFoundError, FileExistsError, RuntimeError) as exc:
         # RuntimeError covers pipelines.podman.ContainerError (podman missing, image not built, ...)
+        if args.debug:
+            raise
         print(f"distillery: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("distillery: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - anything else: one paragraph, the traceback with --debug
+        if args.debug:
+            raise
+        print(f"distillery: error: {explain(exc)}\n(run with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+def explain(exc: Exception) -> str:
+    """One paragraph for an error no check anticipated: what failed, where, what to do."""
+    from pipelines.stores import explain_store_error
+
+    return explain_store_error(exc) or f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}"
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="distillery", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
     def command(name: str, handler, help: str, config: Path | None = None) -> argparse.ArgumentParser:
@@ -42,6 +61,9 @@ def _parser() -> argparse.ArgumentParser:
     p = command("methods", cmd_methods, "list every registered method with its stage and paper")
     p.add_argument("--stage", help="only this stage")
     p = command("run", cmd_run, "run the pipeline for real on this machine (kfp.local)", config=DEFAULT_CONFIG)
+    p.add_argument("--allow-dirty-data", action="store_true",
+                   help="run although data/ differs from data.dvc: the run is tagged distillery.data_dirty=true with "
+                        "data/'s actual hash, and its model never becomes champion")
     p.add_argument("--runner", choices=RUNNERS, default="subprocess",
                    help="subprocess: every task a process of this Python environment (default); container: every "
                         "task in the project's image (podman; build it with `make image`)")
@@ -71,10 +93,14 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_data_materialize)
     p = data.add_parser("add", help="validate a dataset and version it with DVC as data/<name>")
     p.set_defaults(handler=cmd_data_add)
-    p.add_argument("source", type=Path, help="folder with one sub-folder of images per class, or a .csv/.parquet")
+    p.add_argument("source", type=Path, help="a folder with one sub-folder of images per class, a .csv/.parquet "
+                                             "table, a features .npy (with --labels), or a Distillery dataset folder")
+    p.add_argument("--labels", type=Path, help="labels .npy (N,) of a features .npy source")
     p.add_argument("--name", required=True, help="dataset name (folder under data/)")
     p.add_argument("--label-column", default="label", help="label column of a table (default: %(default)s)")
     p.add_argument("--replace", action="store_true", help="make a new version of an existing dataset")
+    p = data.add_parser("list", help="every dataset in data/: rows, classes, kind, content hash, origin")
+    p.set_defaults(handler=cmd_data_list)
     p = data.add_parser("distil", help="distil a dataset into a few synthetic images per class (distribution "
                                        "matching) and version them with DVC as a new folder")
     p.set_defaults(handler=cmd_data_distil)
@@ -139,24 +165,69 @@ def cmd_methods(args) -> None:
 
 
 def cmd_run(args) -> int:
+    """Everything that can be checked is checked before the first task: the config (and against its
+    dataset), the devices, the image, the data's version, the tracking store. Runs that an earlier,
+    dead `distillery run` left RUNNING are closed first."""
+    from pipelines.data import ensure_consistent
+    from pipelines.liveness import close_dead_runs
     from pipelines.runtime import project_root, run_context
+    from pipelines.stores import check_tracking_store
 
     config = load_config(args.config)
     _check_devices(config, args.config)
     root = project_root()
-    image = _container_image() if args.runner == "container" else None  # before any other work
-    ctx = run_context(config, root)
+    ensure_consistent(root)  # a `data` command that died mid-publish is finished or undone first
+    image = _container_image() if args.runner == "container" else None
+    ctx = run_context(config, root, allow_dirty_data=args.allow_dirty_data)
     data = ctx.data
     if not data.get("rev") and not (Path(data["repo"]) / data["path"]).is_dir():
-        raise FileNotFoundError(f"{data['path']} is not in the work tree: run `distillery data materialize` "
-                                "(or `make run`, which does)")
+        data_dir = Path(data["repo"]) / "data"
+        if not data_dir.is_dir():
+            raise FileNotFoundError(f"data/ is not in the work tree of {data['repo']}: run `distillery data "
+                                    "materialize` (or `make run`, which does)")
+        there = sorted(p.name for p in data_dir.iterdir() if (p / "dataset.json").is_file())
+        raise ConfigError(f"{args.config}: data.path {data['path']!r} is not a dataset in {data['repo']}; the "
+                          f"datasets there are {[f'data/{name}' for name in there]} (`distillery data list`)")
+    labels, meta = _dataset_summary(data)
+    check_against_data(config, labels, meta, args.config)
+    check_tracking_store(ctx.tracking_uri)
     print(f"Running pipeline {config['name']!r}: {len(task_names(config))} tasks, data {data['path']} "
           f"(version {ctx.data_version[:12]}), git {ctx.git_commit[:10]}{' (dirty)' if ctx.git_dirty else ''}")
     if image:
         print(f"Every task runs in image {image.reference} ({image.id[:19]})")
+    if ctx.data_dirty:
+        print(f"WARNING: data/ differs from data.dvc (it hashes to {ctx.data_content_hash[:12]}): the run is tagged "
+              "distillery.data_dirty=true and its model will not become champion", file=sys.stderr)
     print(f"MLflow tracking: {ctx.tracking_uri}")
+    close_dead_runs(ctx.tracking_uri)
     ok = execute_locally(config, ctx, root, image=image)
     return report(ctx, ok)
+
+
+def _dataset_summary(data: dict):
+    """``(labels, dataset.json)`` of the run's dataset (work tree, or through DVC at ``data.rev``),
+    without its features: what the config checks need."""
+    import io
+    import json
+
+    import numpy as np
+
+    from components.datasets import LABELS, META, DataVersionError, dvc_filesystem
+
+    folder = Path(data["repo"]) / data["path"]
+    try:
+        if not data.get("rev"):
+            return np.load(folder / LABELS, allow_pickle=False), json.loads((folder / META).read_text())
+        fs = dvc_filesystem(data["repo"], data["rev"])
+        with fs.open(f"{data['path']}/{LABELS}", "rb") as fh:
+            labels = np.load(io.BytesIO(fh.read()), allow_pickle=False)
+        with fs.open(f"{data['path']}/{META}", "r") as fh:
+            return labels, json.load(fh)
+    except Exception as exc:  # noqa: BLE001 - a missing file, or DVC's many errors for a version it cannot fetch
+        raise DataVersionError(f"cannot read {data['path']} (its {LABELS} and {META}) at revision "
+                               f"{data.get('rev') or 'working tree'}: {type(exc).__name__}: {exc}. If data.rev names a "
+                               "commit, its data version must be in the DVC cache or the DVC remote (`dvc pull`, "
+                               "`dvc remote list`)") from exc
 
 
 def _check_devices(config: dict, source: str) -> None:
@@ -224,7 +295,13 @@ def report(ctx, ok: bool) -> int:
     """Print where the results are; the exit code of the run."""
     import mlflow
 
+    from pipelines.liveness import close_unfinished
+
     client = mlflow.MlflowClient(ctx.tracking_uri)
+    closed = close_unfinished(ctx.tracking_uri, ctx.launch_id)
+    if closed:
+        print(f"{len(closed)} run(s) of this pipeline were left open by a task that died; marked FAILED",
+              file=sys.stderr)
     experiment = client.get_experiment_by_name(ctx.experiment)
     runs = client.search_runs([experiment.experiment_id], max_results=1, filter_string=(
         f"tags.`distillery.launch_id` = '{ctx.launch_id}' and tags.`distillery.role` = 'pipeline'"
@@ -395,38 +472,66 @@ def cmd_ui(args) -> None:
 
 
 def cmd_data_materialize(args) -> None:
-    from pipelines.data import materialize
+    from pipelines.data import ensure_consistent, materialize
     from pipelines.runtime import project_root
 
-    materialize(project_root())
+    root = project_root()
+    ensure_consistent(root)
+    materialize(root)
 
 
 def cmd_data_add(args) -> None:
-    from pipelines.data import add_dataset
+    from pipelines.data import add_dataset, ensure_consistent
     from pipelines.runtime import project_root
 
-    add_dataset(project_root(), args.source, args.name, args.label_column, args.replace)
+    root = project_root()
+    ensure_consistent(root)
+    add_dataset(root, args.source, args.name, args.label_column, args.replace, labels_file=args.labels)
+
+
+def cmd_data_list(args) -> None:
+    from components.datasets import data_version
+    from pipelines.data import ensure_consistent, is_up_to_date, list_datasets
+    from pipelines.runtime import project_root
+
+    root = project_root()
+    ensure_consistent(root)
+    if not (root / "data").is_dir():
+        raise FileNotFoundError("data/ is not in the work tree: run `distillery data materialize`")
+    rows = list_datasets(root)
+    state = "matches it" if is_up_to_date(root) else "DIFFERS from it (dvc status; `dvc add data` or `dvc checkout`)"
+    print(f"data.dvc records version {data_version(root)}; data/ {state}\n")
+    header = ("NAME", "ROWS", "CLASSES", "KIND", "HASH", "SOURCE")
+    table = [header, *[(r["name"], str(r["rows"]), str(r["classes"]), r["kind"], r["hash"][:12], r["source"])
+                       for r in rows]]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header) - 1)]
+    for row in table:
+        print("  ".join(f"{cell:<{w}}" for cell, w in zip(row, widths)) + "  " + row[-1])
 
 
 def cmd_data_curate(args) -> None:
-    from pipelines.data import curate_data
+    from pipelines.data import curate_data, ensure_consistent
     from pipelines.runtime import project_root
 
+    ensure_consistent(project_root())
     curate_data(project_root(), args.method, args.params, args.source, args.target, args.rev, args.replace, args.seed)
 
 
 def cmd_data_distil(args) -> None:
-    from pipelines.data import distil_data
+    from pipelines.data import distil_data, ensure_consistent
     from pipelines.runtime import project_root
 
+    ensure_consistent(project_root())
     distil_data(project_root(), args.source, args.target, args.ipc, args.replace, iterations=args.iterations,
                 batch_real=args.batch_real, width=args.width, seed=args.seed)
 
 
 def cmd_labels_import(args) -> None:
+    from pipelines.data import ensure_consistent
     from pipelines.labels import import_labels
     from pipelines.runtime import project_root
 
+    ensure_consistent(project_root())
     import_labels(project_root(), args.export, args.dataset, args.name)
 
 

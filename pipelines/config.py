@@ -98,14 +98,21 @@ def validate_config(raw: Any, source: str = "config") -> dict[str, Any]:
         raise ConfigError(f"{source}: 'retraining' settings need `pipeline: retraining`")
     if kind == "retraining":
         config["retraining"] = _retraining(config.get("retraining"), f"{source}: retraining")
+    for stage in stages:
+        _check_ranges(config[stage]["params"], f"{source}: {stage}.params")
+    for i, step in enumerate(config["curation"]["steps"]):
+        _check_ranges(step["params"], f"{source}: curation.steps[{i}].params")
     evaluation = config["evaluation"]
-    if evaluation["method"] == "classification":  # a gate naming a metric nobody computes fails here
-        from components.evaluation.gate import validate_config_gate
+    if evaluation["method"] == "classification":  # a gate or metric nobody computes fails here
+        from components.evaluation.gate import EVALUATION_METRICS, validate_config_gate
 
         try:
             evaluation["params"]["gate"] = validate_config_gate(evaluation["params"]["gate"])
         except ValueError as exc:
             raise ConfigError(f"{source}: evaluation.params.gate: {exc}") from None
+        if evaluation["params"]["metric"] not in EVALUATION_METRICS[:3]:
+            raise ConfigError(f"{source}: evaluation.params.metric {evaluation['params']['metric']!r} is not a metric "
+                              f"the evaluation computes; use one of {list(EVALUATION_METRICS[:3])}")
     if "cluster" in config:
         from pipelines.cluster import ClusterConfigError, validate_cluster
 
@@ -133,6 +140,76 @@ def _placements(config: dict[str, Any], stages: tuple[str, ...], source: str) ->
                 check_spec(section["device"], section["precision"], f"{source}: {stage}")
     except DeviceError as exc:
         raise ConfigError(str(exc)) from None
+
+
+def _check_ranges(params: dict[str, Any], where: str) -> None:
+    """Training budgets by name, for every method: ``epochs`` an integer >= 1 (other ``*_epochs``
+    >= 0), ``batch_size`` an integer >= 1, ``lr`` / ``*_lr`` a number > 0."""
+    for key, value in params.items():
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if key == "epochs" or key.endswith("_epochs"):
+            least = 1 if key == "epochs" else 0
+            if not isinstance(value, int) or isinstance(value, bool) or value < least:
+                raise ConfigError(f"{where}.{key} must be an integer >= {least}, got {value!r}")
+        elif key == "batch_size" and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise ConfigError(f"{where}.{key} must be an integer >= 1, got {value!r}")
+        elif (key == "lr" or key.endswith("_lr")) and (not number or not value > 0 or value != value):
+            raise ConfigError(f"{where}.{key} must be a number > 0, got {value!r}")
+
+
+def check_against_data(config: dict[str, Any], labels, meta: dict, source: str = "config") -> None:
+    """What a config asks of its dataset, checked before any work (``distillery run``): the split
+    it gives, active-learning rounds that fit the pool it leaves, and architectures that take the
+    dataset's kind and shape. ``labels`` ``(N,)`` and ``meta`` (its ``dataset.json``)."""
+    import numpy as np
+
+    split = config["split"]
+    try:
+        _, pool, _ = registry.get("split", split["method"]).load()(np.asarray(labels), seed=config["seed"],
+                                                                   **split["params"])
+    except ValueError as exc:
+        raise ConfigError(f"{source}: split: {exc}") from None
+    if config["pipeline"] == "active_learning":
+        selection = config["selection"]
+        wanted = selection["rounds"] * selection["batch_size"]
+        if wanted > len(pool):
+            raise ConfigError(f"{source}: selection asks for {selection['rounds']} rounds x batch_size "
+                              f"{selection['batch_size']} = {wanted} labels, but the split leaves {len(pool)} unlabelled "
+                              f"items of {len(labels)} in {config['data']['path']}: lower rounds or batch_size")
+    for stage, arch, kwargs in _architectures(config):
+        _check_architecture(arch, kwargs, meta, f"{source}: {stage}")
+
+
+def _architectures(config: dict[str, Any]) -> list[tuple[str, str, dict]]:
+    """``(stage, architecture, its keywords)`` of the models a config builds from the model zoo."""
+    from components.training.models import ARCHITECTURES
+
+    found = []
+    training = config["training"]
+    params = training["params"]
+    if "arch" in params:
+        found.append(("training.params.arch", params["arch"], dict(params.get("arch_kwargs") or {})))
+    elif training["method"] in ARCHITECTURES:  # a method named after its architecture (small_cnn)
+        kwargs = {k: v for k, v in params.items() if k not in ("epochs", "lr", "batch_size")}
+        found.append((f"training.method {training['method']}", training["method"], kwargs))
+    distillation = config["distillation"]["params"]
+    if "student" in distillation:
+        from components.distillation.tasks import student_arch_kwargs
+
+        found.append(("distillation.params.student", distillation["student"], student_arch_kwargs(distillation)))
+    return found
+
+
+def _check_architecture(arch: str, kwargs: dict, meta: dict, where: str) -> None:
+    from components.training import models
+
+    if arch not in models.ARCHITECTURES:
+        raise ConfigError(f"{where}: unknown architecture {arch!r}; the model zoo has {sorted(models.ARCHITECTURES)}")
+    try:
+        models.build(arch, meta, **kwargs)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{where}: {arch} does not fit dataset {meta.get('name')!r} (kind {meta.get('kind')!r}, "
+                          f"feature shape {meta.get('feature_shape')}): {exc}") from None
 
 
 def _resolve(stage: str, section: dict, where: str) -> dict[str, Any]:

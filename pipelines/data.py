@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import shutil
 import tempfile
-from collections import Counter
 from pathlib import Path
 from typing import Callable
 
@@ -18,7 +17,6 @@ import numpy as np
 
 from components.datasets import DATA_DVC, build_mnist, data_version, data_version_of, write_dataset
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 DEFAULT_DATASET = "mnist"
 LABELS = "labels"  # data/labels/<dataset>/<name>.json: human label sets (pipelines/labels.py)
 
@@ -67,51 +65,12 @@ def materialize(root: Path, log=print) -> str:
     return "rebuilt"
 
 
-def load_image_folder(folder: Path) -> tuple[list[np.ndarray], np.ndarray, dict]:
-    """A folder with one sub-folder of images per class -> (rows, labels, meta)."""
-    from PIL import Image
-
-    classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
-    if not classes:
-        raise ValueError(f"{folder} has no class sub-folders (expected {folder}/<class>/<image>.png)")
-    files = [(f, label) for label, c in enumerate(classes)
-             for f in sorted((folder / c).iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
-    if not files:
-        raise ValueError(f"no images ({sorted(IMAGE_SUFFIXES)}) under {folder}/<class>/")
-    images = [Image.open(f) for f, _ in files]
-    mode = "L" if all(im.mode in ("L", "1", "I;16") for im in images) else "RGB"
-    arrays = [np.asarray(im.convert(mode), dtype=np.uint8) for im in images]
-    arrays = [a[None] if a.ndim == 2 else a.transpose(2, 0, 1) for a in arrays]  # -> (C, H, W)
-    shape = Counter(a.shape for a in arrays).most_common(1)[0][0]
-    meta = {"kind": "image", "feature_shape": list(shape), "classes": classes, "value_range": [0, 255]}
-    return [a.reshape(-1) for a in arrays], np.array([label for _, label in files]), meta
-
-
-def load_table(file: Path, label_column: str) -> tuple[np.ndarray, np.ndarray, dict]:
-    """A CSV or Parquet file of feature columns plus ``label_column`` -> (rows, labels, meta)."""
-    import pandas as pd
-
-    table = pd.read_parquet(file) if file.suffix.lower() in (".parquet", ".pq") else pd.read_csv(file)
-    if label_column not in table.columns:
-        raise ValueError(f"{file} has no label column {label_column!r}; columns: {list(table.columns)}")
-    labels = table.pop(label_column)
-    if pd.api.types.is_numeric_dtype(labels):
-        known = labels.dropna()
-        classes = [str(c) for c in range(int(known.max()) + 1)] if len(known) else []
-        values = labels.to_numpy()
-    else:  # class names: index them in sorted order
-        classes = sorted(labels.dropna().astype(str).unique())
-        values = labels.map({c: i for i, c in enumerate(classes)}, na_action="ignore").to_numpy()
-    rows = table.to_numpy()
-    meta = {"kind": "tabular", "feature_shape": [table.shape[1]], "classes": classes, "value_range": None,
-            "feature_names": [str(c) for c in table.columns]}
-    return rows, values, meta
-
-
 def add_dataset(root: Path, source: Path, name: str, label_column: str = "label",
-                replace: bool = False, log=print) -> Path:
-    """Validate ``source`` and version it with DVC as ``data/<name>``; returns the folder."""
+                replace: bool = False, log=print, labels_file: Path | None = None) -> Path:
+    """Validate ``source`` (:mod:`pipelines.sources`: an image folder, a table, an ``.npy`` pair or
+    a dataset folder) and version it with DVC as ``data/<name>``; returns the folder."""
     from components.curation.validation import validate
+    from pipelines.sources import check_values, load_source
 
     if not name.replace("-", "").replace("_", "").isalnum():
         raise ValueError(f"dataset name {name!r}: use letters, digits, '-' and '_' only")
@@ -121,14 +80,10 @@ def add_dataset(root: Path, source: Path, name: str, label_column: str = "label"
     target = root / "data" / name
     if target.exists() and not replace:
         raise FileExistsError(f"{target} already exists; pass --replace to make a new version of it")
-    if source.is_dir():
-        rows, labels, meta = load_image_folder(source)
-    elif source.suffix.lower() in (".csv", ".parquet", ".pq"):
-        rows, labels, meta = load_table(source, label_column)
-    else:
-        raise ValueError(f"{source}: expected a folder of images per class, or a .csv/.parquet file")
+    rows, labels, meta = load_source(source, label_column, labels_file)
     meta = {**meta, "name": name, "source": str(source.name)}
     validate(rows, labels, meta)  # raises ValidationFailed naming each failed expectation
+    check_values(rows, labels, meta, str(source))  # what the suite does not cover: float32 range, classes
     features = np.stack(rows)
     publish(root, target, lambda staging: write_dataset(
         staging, features if meta["kind"] == "image" else features.astype(np.float32), labels.astype(np.int64), meta))
@@ -137,56 +92,165 @@ def add_dataset(root: Path, source: Path, name: str, label_column: str = "label"
     return target
 
 
+def list_datasets(root: Path) -> list[dict]:
+    """Every dataset folder under ``data/``: name, rows, classes, kind, content hash (as DVC hashes
+    a folder) and where it came from (``dataset.json``'s source, curation or distillation record)."""
+    import json
+
+    rows = []
+    for folder in sorted(p for p in (root / "data").iterdir() if p.is_dir() and p.name != LABELS):
+        meta_file = folder / "dataset.json"
+        if not meta_file.is_file():
+            continue
+        meta = json.loads(meta_file.read_text())
+        labels = np.load(folder / "labels.npy", mmap_mode="r", allow_pickle=False)
+        origin = meta.get("curated_from") or meta.get("provenance") or meta.get("source") or "-"
+        if isinstance(origin, dict):
+            origin = ", ".join(f"{k} {v}" for k, v in origin.items() if not isinstance(v, (dict, list)))
+        rows.append({"name": folder.name, "rows": int(len(labels)), "classes": len(meta.get("classes", [])),
+                     "kind": meta.get("kind", "?"), "hash": folder_hash(folder), "source": str(origin)})
+    return rows
+
+
+def folder_hash(folder: Path) -> str:
+    """The md5 DVC would record for ``folder`` (``<md5>.dir``)."""
+    from dvc.fs import LocalFileSystem
+    from dvc_data.hashfile.build import build
+    from dvc_data.hashfile.db import HashFileDB
+
+    with tempfile.TemporaryDirectory() as tmp:
+        _, _, obj = build(HashFileDB(LocalFileSystem(), tmp), str(folder), LocalFileSystem(), "md5", dry_run=True)
+    return obj.hash_info.value
+
+
+JOURNAL = "publish-journal.json"  # in .distillery/: a publish in progress, for recover_interrupted_publish
+
+
 def publish(root: Path, target: Path, write: Callable[[Path], None]) -> None:
     """Put a new file or folder at ``target`` (inside ``data/``) and version ``data/`` with DVC.
 
-    ``write(path)`` creates the new content at ``path`` in a staging folder on the same filesystem;
-    only after it returns does anything under ``data/`` change: the previous ``target`` (if any) is
-    moved aside and the new one renamed into place, then ``dvc add data`` and ``dvc push``. If
-    ``dvc add`` fails, the previous ``target`` and ``data.dvc`` are put back. Earlier versions stay
-    in the DVC cache and remote either way. Refused while ``data/`` differs from ``data.dvc``, so
-    nothing but ``target`` ever enters the new version.
+    ``write(path)`` creates the new content at ``path`` in a staging folder outside ``data/`` (in
+    ``.distillery/``, on the same filesystem); only after it returns does anything under ``data/``
+    change: a journal records what is about to happen, the previous ``target`` (if any) is moved
+    aside and the new one renamed into place, then ``dvc add data`` and ``dvc push``. If ``dvc add``
+    fails, the previous ``target`` and ``data.dvc`` are put back. If the process dies on the way
+    (SIGKILL, power loss), the next data command finds the journal and does the same
+    (:func:`recover_interrupted_publish`). Earlier versions stay in the DVC cache and remote either
+    way. Refused while ``data/`` differs from ``data.dvc``, so nothing but ``target`` ever enters
+    the new version. One publish at a time per checkout (a lock in ``.distillery/``).
     """
+    import json
+
     from dvc.exceptions import DvcException
 
-    if not is_up_to_date(root):  # `dvc add data` would version those changes too
-        raise RuntimeError(f"data/ does not match {DATA_DVC} (see `dvc status`): commit or undo those changes "
-                           "first (`dvc add data`, or `distillery data materialize` to restore the recorded version)")
+    from pipelines.faults import fault_point
+
+    with publish_lock(root):
+        recover_interrupted_publish(root)
+        if not is_up_to_date(root):  # `dvc add data` would version those changes too
+            raise RuntimeError(f"data/ does not match {DATA_DVC} (see `dvc status`): commit or undo those changes "
+                               "first (`dvc add data`, or `distillery data materialize` to restore the recorded "
+                               "version)")
+        staging = Path(tempfile.mkdtemp(prefix=f"staging-{target.name}-", dir=root / ".distillery"))
+        recorded = (root / DATA_DVC).read_text() if (root / DATA_DVC).exists() else None
+        new, previous = staging / "new", staging / "previous"
+        journal = root / ".distillery" / JOURNAL
+        try:
+            write(new)
+            fault_point("publish:staged")
+            created = [d for d in (target.parent, *target.parent.parents) if not d.exists()]
+            journal.write_text(json.dumps({"target": str(target), "previous": str(previous), "recorded": recorded,
+                                           "created": [str(d) for d in created], "staging": str(staging)}))
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if target.exists():
+                target.rename(previous)
+            new.rename(target)
+            fault_point("publish:moved")
+            try:
+                with contextlib.chdir(root):
+                    _repo(root).add(["data"])
+                fault_point("publish:added")
+            except BaseException:
+                _roll_back(root, json.loads(journal.read_text()))
+                raise
+            journal.unlink()  # the new version is complete: data/ and data.dvc agree
+            try:
+                with contextlib.chdir(root):
+                    _repo(root).push(targets=[DATA_DVC])
+            except DvcException as exc:
+                raise RuntimeError(f"versioned in {DATA_DVC}, but pushing to the DVC remote failed ({exc}); "
+                                   "run `dvc push` once the remote is reachable") from exc
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def publish_lock(root: Path):
+    """An exclusive lock on this checkout's publishing (released by the OS if the process dies)."""
+    import fcntl
+
     (root / ".distillery").mkdir(exist_ok=True)  # git-ignored scratch on the same filesystem
-    staging = Path(tempfile.mkdtemp(prefix=f"staging-{target.name}-", dir=root / ".distillery"))
-    recorded = (root / DATA_DVC).read_text() if (root / DATA_DVC).exists() else None
-    new, previous = staging / "new", staging / "previous"
-    try:
-        write(new)
-        created = [d for d in (target.parent, *target.parent.parents) if not d.exists()]
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if target.exists():
-            target.rename(previous)
-        new.rename(target)
-        repo = _repo(root)
+    with open(root / ".distillery" / "publish.lock", "w") as lock:
         try:
-            with contextlib.chdir(root):
-                repo.add(["data"])
-        except BaseException:
-            if target.is_dir():
-                shutil.rmtree(target)
-            else:
-                target.unlink(missing_ok=True)
-            if previous.exists():
-                previous.rename(target)
-            for folder in created:  # innermost first
-                folder.rmdir()
-            if recorded is not None:
-                (root / DATA_DVC).write_text(recorded)
-            raise
-        try:
-            with contextlib.chdir(root):
-                repo.push(targets=[DATA_DVC])
-        except DvcException as exc:
-            raise RuntimeError(f"versioned in {DATA_DVC}, but pushing to the DVC remote failed ({exc}); "
-                               "run `dvc push` once the remote is reachable") from exc
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RuntimeError("another `distillery data` command is publishing into data/ of this checkout; "
+                               "wait for it to finish") from None
+        yield
+
+
+def ensure_consistent(root: Path, log=print) -> bool:
+    """Before any command that reads or writes ``data/``: finish or undo a publish that died."""
+    if not (root / ".distillery").is_dir():
+        return False
+    with publish_lock(root):
+        return recover_interrupted_publish(root, log)
+
+
+def recover_interrupted_publish(root: Path, log=print) -> bool:
+    """Finish what a publish that died left behind (its journal): if ``dvc add`` completed, keep
+    the new version; otherwise put the previous dataset and ``data.dvc`` back. Also removes staging
+    folders of dead publishes. Call with the publish lock held. True if there was anything to do."""
+    import json
+
+    state = root / ".distillery"
+    journal = state / JOURNAL
+    leftovers = list(state.glob("staging-*")) if state.is_dir() else []
+    if not journal.exists():
+        for folder in leftovers:  # a publish killed while writing: nothing reached data/
+            shutil.rmtree(folder, ignore_errors=True)
+        return bool(leftovers)
+    record = json.loads(journal.read_text())
+    recorded = record["recorded"]
+    finished = (recorded is None or (root / DATA_DVC).read_text() != recorded) and is_up_to_date(root)
+    if finished:
+        log(f"A publish of {record['target']} was interrupted after DVC versioned it: kept")
+    else:
+        _roll_back(root, record)
+        log(f"A publish of {record['target']} was interrupted before DVC versioned it: undone, data/ and "
+            f"{DATA_DVC} are as they were")
+    journal.unlink()
+    for folder in leftovers:
+        shutil.rmtree(folder, ignore_errors=True)
+    return True
+
+
+def _roll_back(root: Path, record: dict) -> None:
+    """Undo a publish at whatever step it stopped: remove the new target if it was moved in, put the
+    previous one and ``data.dvc`` back, remove folders it created."""
+    target, previous = Path(record["target"]), Path(record["previous"])
+    moved_in = not (Path(record["staging"]) / "new").exists()
+    if moved_in and target.is_dir() and not target.is_symlink():
+        shutil.rmtree(target)
+    elif moved_in and target.exists():
+        target.unlink()
+    if previous.exists():
+        previous.rename(target)
+    for folder in map(Path, record.get("created", [])):  # innermost first
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+    if record["recorded"] is not None:
+        (root / DATA_DVC).write_text(record["recorded"])
 
 
 def distil_data(root: Path, source: str, target: str, ipc: int, replace: bool = False,

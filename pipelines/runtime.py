@@ -51,16 +51,52 @@ def tracking_store(root: Path) -> tuple[str, str | None]:
     return uri, None
 
 
-def run_context(config: dict[str, Any], root: Path, resolve_repo: bool = True) -> RunContext:
+class DirtyDataError(RuntimeError):
+    """data/ differs from the version data.dvc records, and the run would be tagged with that version."""
+
+
+def run_context(config: dict[str, Any], root: Path, resolve_repo: bool = True,
+                allow_dirty_data: bool = False) -> RunContext:
     """The context for one run of ``config``: with ``resolve_repo`` a relative ``data.repo`` is made
-    absolute against ``root`` (local runs); compiled specs keep the config's value."""
+    absolute against ``root`` (local runs), the run is owned by this process
+    (:func:`pipelines.liveness.identity`), and a work tree's ``data/`` must hash to what ``data.dvc``
+    records (:class:`DirtyDataError`), unless ``allow_dirty_data``: then the run carries
+    ``data_dirty`` and the actual hash. Compiled specs keep the config's values."""
+    from pipelines.liveness import identity
+
     config = {**config, "data": dict(config["data"])}
     data = config["data"]
-    if resolve_repo and "://" not in str(data["repo"]) and not str(data["repo"]).startswith("git@"):
+    local = "://" not in str(data["repo"]) and not str(data["repo"]).startswith("git@")
+    if resolve_repo and local:
         data["repo"] = str((root / data["repo"]).resolve())
     commit, dirty = git_state(root)
     uri, artifacts = tracking_store(root)
     version = data_version(data["repo"] if resolve_repo else root, data.get("rev"))
-    return RunContext(tracking_uri=uri, experiment=config["experiment"], git_commit=commit,
-                      data_version=version, config=config, artifact_location=artifacts,
-                      launch_id=uuid.uuid4().hex, git_dirty=dirty)
+    ctx = RunContext(tracking_uri=uri, experiment=config["experiment"], git_commit=commit,
+                     data_version=version, config=config, artifact_location=artifacts,
+                     launch_id=uuid.uuid4().hex, git_dirty=dirty, launcher=identity() if resolve_repo else {})
+    reads_work_tree = resolve_repo and local and not data.get("rev") and (Path(data["repo"]) / "data").is_dir()
+    if reads_work_tree:  # is the work tree the version the run will be tagged with?
+        actual = work_tree_data_hash(Path(data["repo"]))
+        if actual != version:
+            if not allow_dirty_data:
+                raise DirtyDataError(
+                    f"data/ in {data['repo']} differs from the version data.dvc records ({version[:12]}; data/ "
+                    f"now hashes to {actual[:12]}): a run would be tagged with a version it did not read. Version "
+                    "the change with `dvc add data` (then commit data.dvc), or drop it with `dvc checkout "
+                    "data.dvc`; or run anyway with --allow-dirty-data (the run is tagged "
+                    "distillery.data_dirty=true and its model never becomes champion)")
+            ctx.data_dirty, ctx.data_content_hash = True, actual
+    return ctx
+
+
+def work_tree_data_hash(repo: Path) -> str:
+    """The hash DVC would record for ``repo/data`` as it is now (``<md5>.dir``)."""
+    from dvc.fs import LocalFileSystem
+    from dvc.repo import Repo
+    from dvc_data.hashfile.build import build
+
+    with Repo(str(repo)) as dvc_repo:
+        _, _, obj = build(dvc_repo.cache.local, str(repo / "data"), LocalFileSystem(), "md5", dry_run=True,
+                          ignore=dvc_repo.dvcignore)
+    return obj.hash_info.value

@@ -296,7 +296,8 @@ def test_overhead_benchmark_measures_both_runners_in_one_run(image, tmp_path):
     the container runner's overhead against the subprocess runner's (the README's numbers)."""
     output = tmp_path / "overhead.json"
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "pipeline_overhead.py"), "--quick", "--rounds",
-                           "0", "--output", str(output)], cwd=ROOT, capture_output=True, text=True, timeout=900)
+                           "0", "--floor-runs", "1", "--output", str(output)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     result = json.loads(output.read_text())
     container = result["container"]

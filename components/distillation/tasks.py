@@ -46,11 +46,13 @@ def run_distillation(method: str, context: str, run_key: str, params: str, datas
         device = devices.current().device  # teacher and student train there; the data moves batch by batch
         teacher_model = models.load(teacher).to(device)
         arch_kwargs = student_arch_kwargs(p)
-        student = make_student(p["student"], data.meta, arch_kwargs, ctx.seed).to(device)
+        pool = unlabelled_rows(split, labels)
+        # a table's student standardises its features by the data it learns from: labelled + pool
+        student = models.standardise(make_student(p["student"], data.meta, arch_kwargs, ctx.seed),
+                                     data.features[np.concatenate([labels["rows"], pool])]).to(device)
         # mismatched classes or feature counts: a clear error before any training time is spent
         check_compatible(teacher_model, student, data.features.shape[1], len(data.meta["classes"]), labels["labels"])
         check_exportable(student)  # the deployable student must export to ONNX: fail before training
-        pool = unlabelled_rows(split, labels)
         kwargs = method_params(p)
         if "sensitive_attribute" in kwargs:  # fair distillation (RELIANT): each item's group, labelled then pool
             rows = np.concatenate([labels["rows"], pool])

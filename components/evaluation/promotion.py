@@ -33,7 +33,8 @@ class Decision:
 
 def register_and_promote(client, model_uri: str, name: str, metric: str, candidate_score: float,
                          score_model: Callable[[str], float], tags: dict[str, str],
-                         gate: "GateDecision | None" = None, beat_champion: bool = True) -> Decision:
+                         gate: "GateDecision | None" = None, beat_champion: bool = True,
+                         never_promote: str | None = None) -> Decision:
     """Register ``model_uri`` under ``name`` and move ``champion`` to it if it passes ``gate`` and
     (with ``beat_champion``) scores higher than the champion.
 
@@ -42,6 +43,8 @@ def register_and_promote(client, model_uri: str, name: str, metric: str, candida
         score_model: scores a model URI (e.g. ``models:/name@champion``) on the current test split.
         gate: the candidate's gate decision (``None``: no conditions).
         beat_champion: ``False`` promotes any candidate that passes the gate.
+        never_promote: why this candidate may not become champion whatever it scores (e.g. it was
+            trained on data that is not a recorded version); it is registered with that reason.
     """
     import mlflow
 
@@ -51,6 +54,10 @@ def register_and_promote(client, model_uri: str, name: str, metric: str, candida
         champion = None
     gate_reasons = list(gate.reasons) if gate is not None else []
     version = mlflow.register_model(model_uri, name, tags={**tags, metric: str(candidate_score)}).version
+    if never_promote:
+        kept = f"; champion v{champion.version} kept" if champion is not None else ""
+        return _record(client, name, Decision(version, False, f"not promotable: {never_promote}{kept}",
+                                              candidate_score, None, gate_reasons))
     if gate is not None and not gate.passed:
         kept = f"; champion v{champion.version} kept" if champion is not None else ""
         return _record(client, name, Decision(version, False, f"gate failed: {'; '.join(gate.failed)}{kept}",

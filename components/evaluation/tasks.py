@@ -83,9 +83,11 @@ def run_evaluation(method: str, context: str, run_key: str, params: str, dataset
             return entry.load()(models.predict_proba(champion, x_test), y_test, p["ece_bins"])[metric]
 
         gate_decision = check_gate(results["student"], gate)
+        dirty = (f"trained on data/ as it was, not a recorded version (distillery.data_dirty; it hashed to "
+                 f"{ctx.data_content_hash[:12]})") if ctx.data_dirty else None
         decision = register_and_promote(client, student_info.model_uri, name, metric,
                                         results["student"][metric], score, ctx.tags(), gate_decision,
-                                        gate["beat_champion"])
+                                        gate["beat_champion"], never_promote=dirty)
         mlflow.log_dict({**gate_decision.to_dict(), "gate": gate, "promoted": decision.promoted,
                          "decision": decision.reason, "registered_model": name, "version": decision.version,
                          "metrics": results["student"]}, "gate_reasons.json")

@@ -6,6 +6,11 @@ METHODS = [
            "Two-block CNN (~409k parameters on MNIST) trained with Adam and cross-entropy",
            "components.training.train:train_classifier", "components.training.component:train_small_cnn",
            defaults={"epochs": 30, "lr": 1e-3, "batch_size": 32, "channels": 16, "hidden": 256}),
+    Method("training", "supervised", "Kingma & Ba, Adam: A Method for Stochastic Optimization, ICLR 2015",
+           "Any model-zoo architecture (`arch`, `arch_kwargs`: an MLP for tables, a CNN for images) trained in "
+           "this process with Adam and cross-entropy",
+           "components.training.train:train_classifier", "components.training.component:train_supervised",
+           defaults={"arch": "mlp", "arch_kwargs": {}, "epochs": 30, "lr": 1e-3, "batch_size": 32}),
     Method("training", "ddp", "Li et al., PyTorch Distributed: Experiences on Accelerating Data Parallel Training, VLDB 2020",
            "Data-parallel training (DistributedDataParallel under torchrun, gloo/NCCL) of any architecture; "
            "same model as one process with the same global batch; checkpointed, resumable",

@@ -14,6 +14,15 @@ def train_small_cnn(context: str, run_key: str, params: str, round_index: int, d
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
+def train_supervised(context: str, run_key: str, params: str, round_index: int, dataset: Input[Dataset],
+                     splits: Input[Dataset], labelled: Input[Dataset], model: Output[Model]):
+    from components.training.tasks import run_training
+
+    run_training("supervised", context, run_key, params, round_index, dataset.path, splits.path, labelled.path,
+                 model.path)
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
 def train_ddp(context: str, run_key: str, params: str, round_index: int, dataset: Input[Dataset], splits: Input[Dataset],
               labelled: Input[Dataset], model: Output[Model]):
     from components.training.tasks import run_training

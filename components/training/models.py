@@ -30,12 +30,14 @@ from components import devices
 
 
 class Preprocess(nn.Module):
-    """``(x - offset) / scale`` then reshape ``(N, D) -> (N, *shape)``."""
+    """``(x - offset) / scale`` then reshape ``(N, D) -> (N, *shape)``. ``offset`` and ``scale`` are
+    numbers (images: the value range), or one per feature (tables: the training data's mean and
+    standard deviation, set by :func:`standardise` before training; 0 and 1 until then)."""
 
-    def __init__(self, offset: float, scale: float, shape: list[int]):
+    def __init__(self, offset: float | list[float], scale: float | list[float], shape: list[int]):
         super().__init__()
-        self.register_buffer("offset", torch.tensor(float(offset)))
-        self.register_buffer("scale", torch.tensor(float(scale)))
+        self.register_buffer("offset", torch.tensor(offset, dtype=torch.float32))
+        self.register_buffer("scale", torch.tensor(scale, dtype=torch.float32))
         self.shape = list(shape)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -270,11 +272,27 @@ def build(arch: str, meta: dict, *, input_proxy: int = 0, **kwargs: Any) -> nn.M
     """
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {arch!r}; known: {sorted(ARCHITECTURES)}")
-    lo, hi = meta.get("value_range") or (0.0, 1.0)
     shape = list(meta["feature_shape"])
+    if meta.get("value_range") is None and len(shape) == 1:  # a table: per-feature standardisation
+        offset, scale = [0.0] * shape[0], [1.0] * shape[0]
+    else:
+        lo, hi = meta.get("value_range") or (0.0, 1.0)
+        offset, scale = float(lo), float(hi - lo)
     layers = [ProxyInput(math.prod(shape), input_proxy)] if input_proxy > 0 else []
-    return nn.Sequential(*layers, Preprocess(lo, hi - lo, shape),
+    return nn.Sequential(*layers, Preprocess(offset, scale, shape),
                          ARCHITECTURES[arch](shape, len(meta["classes"]), **kwargs))
+
+
+def standardise(model: nn.Module, features) -> nn.Module:
+    """Set a table model's per-feature ``Preprocess`` to the mean and standard deviation of
+    ``features`` ``(N, D)`` (the data it trains on), so features of any scale reach the first layer
+    standardised; saved and exported with the model. Models of images are left as they are."""
+    for module in model.modules():
+        if isinstance(module, Preprocess) and module.offset.ndim == 1:
+            x = torch.as_tensor(features, dtype=torch.float64)
+            module.offset.copy_(x.mean(0).float())
+            module.scale.copy_(x.std(0).clamp_min(1e-6).float() if len(x) > 1 else torch.ones_like(module.scale))
+    return model
 
 
 def count_parameters(model: nn.Module) -> int:

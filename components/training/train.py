@@ -268,7 +268,8 @@ def train_classifier(features, labels, meta: dict, arch: str, arch_kwargs: dict,
     (``distributed``, ``checkpointing``, ``on_workers``). The model comes back on ``device``.
     """
     torch.manual_seed(seed)
-    model = models.build(arch, meta, **arch_kwargs).to(device or devices.current().device)
+    model = models.standardise(models.build(arch, meta, **arch_kwargs), features)
+    model = model.to(device or devices.current().device)
     x = torch.as_tensor(features, dtype=torch.float32)
     y = torch.as_tensor(labels, dtype=torch.long)
     return fit(model, (x, y), cross_entropy, epochs, lr, batch_size, seed, on_epoch, **fit_kwargs)
