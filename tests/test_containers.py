@@ -22,7 +22,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -148,7 +147,7 @@ def test_deployed_mlflow_server_runs_in_the_image_with_the_pods_security_on_post
     read-only root file system, no capabilities and no privilege escalation, on PostgreSQL. What
     only a cluster gives is played here: Secret values, the PostgreSQL host (this machine's), the
     ConfigMap and volumes as mounts, and a free port (the pod shares this machine's network)."""
-    from test_k8s_manifests import _request
+    from test_k8s_manifests import _request, wait_for_health
 
     require_postgres()
     container, auth_ini = _mlflow_deployment_container()
@@ -185,7 +184,7 @@ def test_deployed_mlflow_server_runs_in_the_image_with_the_pods_security_on_post
             proc, name = containers.popen(image.reference, [*container["command"], *args], env, log,
                                           mounts=mounts, user="1000:1000")
         try:
-            _wait_for_health(port, proc, log_path)
+            wait_for_health(port, proc, log_path, timeout=120)
             who = containers.podman("exec", name, "sh", "-c", "id -u; touch /opt/x 2>&1 || echo read-only").stdout
             assert who.split("\n")[0] == "1000" and "read-only" in who
             base = f"http://127.0.0.1:{port}/api/2.0/mlflow"
@@ -199,18 +198,6 @@ def test_deployed_mlflow_server_runs_in_the_image_with_the_pods_security_on_post
         finally:
             containers.remove(name)
             proc.wait(timeout=60)
-
-
-def _wait_for_health(port: int, proc: subprocess.Popen, log_path: Path, timeout: float = 120) -> None:
-    from test_k8s_manifests import _request
-
-    deadline = time.monotonic() + timeout
-    while _request(f"http://127.0.0.1:{port}/health", host=f"10.1.2.3:{port}") != 200:  # a probe, by pod IP
-        if proc.poll() is not None:
-            pytest.fail(f"server exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}")
-        if time.monotonic() > deadline:
-            pytest.fail(f"no /health answer in {timeout:.0f} s:\n{log_path.read_text()[-4000:]}")
-        time.sleep(0.5)
 
 
 def _post_status(url: str, payload: dict, auth: tuple[str, str] | None) -> int:

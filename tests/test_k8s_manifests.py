@@ -1046,6 +1046,18 @@ def _request(url: str, host: str, auth: tuple[str, str] | None = None) -> int | 
         return None
 
 
+def wait_for_health(port: int, proc: subprocess.Popen, log_path: Path, timeout: float) -> None:
+    """Until the server on ``port`` answers /health as a kubelet probe would (by pod IP), failing
+    with its log if it exits or stays silent for ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while _request(f"http://127.0.0.1:{port}/health", host=f"10.1.2.3:{port}") != 200:
+        if proc.poll() is not None:
+            pytest.fail(f"server exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"no /health answer in {timeout:.0f} s:\n{log_path.read_text()[-4000:]}")
+        time.sleep(0.3)
+
+
 def test_rendered_mlflow_container_serves_with_basic_auth(rendered, tmp_path):
     """Runs the Deployment's own command, args and env, changing only what needs a cluster:
     the Secrets get test values, PostgreSQL becomes SQLite, paths move to tmp_path, and the server
@@ -1086,13 +1098,7 @@ def test_rendered_mlflow_container_serves_with_basic_auth(rendered, tmp_path):
     base = f"http://127.0.0.1:{port}"
     api = f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name=Default"
     try:
-        deadline = time.monotonic() + 90
-        while _request(f"{base}/health", host=f"10.1.2.3:{port}") != 200:  # a probe, by pod IP
-            if proc.poll() is not None:
-                pytest.fail(f"server exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"no /health answer in 90 s:\n{log_path.read_text()[-4000:]}")
-            time.sleep(0.3)
+        wait_for_health(port, proc, log_path, timeout=90)
         admin = ("admin", secrets[("mlflow-auth", "admin-password")])
         assert _request(api, TRACKING_HOST) == 401  # auth is on
         assert _request(api, TRACKING_HOST, ("admin", "wrong-password-123")) == 401
