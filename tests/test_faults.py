@@ -111,8 +111,9 @@ def _kill_when(process: subprocess.Popen, marker: str, timeout: float = 300) -> 
 
 
 @pytest.mark.pipeline
-def test_a_killed_run_changes_no_model_and_the_next_run_closes_its_runs(tmp_path):
-    """Killed as its last task (evaluation, which registers and promotes) starts."""
+def test_killed_runs_change_no_model_and_the_next_run_closes_their_runs(tmp_path):
+    """Two runs killed, one as its first training task starts, one as its evaluation (which
+    registers and promotes) starts; then a third run."""
     import mlflow
 
     repo = make_clone(tmp_path)
@@ -124,10 +125,14 @@ def test_a_killed_run_changes_no_model_and_the_next_run_closes_its_runs(tmp_path
     champion = client.get_model_version_by_alias("tiny-student", "champion").version
     versions = {v.version for v in client.search_model_versions("name = 'tiny-student'")}
 
-    _kill_when(_start_run(repo, config, store), "evaluate-classification started")
     experiment = client.get_experiment_by_name("distillery-tests").experiment_id
-    running = client.search_runs([experiment], "attributes.status = 'RUNNING'")
-    assert running, "the kill left nothing running: the test killed too late"
+    running = []
+    for marker in ("train-small-cnn started", "evaluate-classification started"):
+        _kill_when(_start_run(repo, config, store), marker)
+        left = [r for r in client.search_runs([experiment], "attributes.status = 'RUNNING'")
+                if r.info.run_id not in {k.info.run_id for k in running}]
+        assert left, f"the kill at {marker!r} left nothing running: the test killed too late"
+        running += left
     # nothing the dead run did reached the registry
     assert client.get_model_version_by_alias("tiny-student", "champion").version == champion
     assert {v.version for v in client.search_model_versions("name = 'tiny-student'")} == versions
