@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator
 
@@ -243,11 +243,9 @@ def method_task(stage: str, method: str, context: str, run_key: str, params: str
                   system_metrics=True if gpu else None):
         if unusable is not None:
             raise unusable
-        if placement is None:
-            yield ctx, entry, resolved
-            return
-        import mlflow
+        if placement is not None:
+            import mlflow
 
-        mlflow.set_tags(devices.describe(placement))
-        with devices.placed(placement):
+            mlflow.set_tags(devices.describe(placement))
+        with devices.placed(placement) if placement is not None else nullcontext():
             yield ctx, entry, resolved

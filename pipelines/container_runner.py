@@ -61,7 +61,8 @@ def container_run_args(ctx, pipeline_root: Path, image: ImageInfo) -> dict[str, 
     """``docker run`` settings of every task container (kfp's DockerRunner passes them on)."""
     from docker.types import Mount
 
-    for folder in (*shared_folders(ctx, pipeline_root), pipeline_root):
+    shared = shared_folders(ctx, pipeline_root)
+    for folder in (*shared, pipeline_root):
         folder.mkdir(parents=True, exist_ok=True)
     environment = {name: os.environ[name] for name in PASSED_ENV if os.environ.get(name)}
     environment.update({
@@ -71,7 +72,7 @@ def container_run_args(ctx, pipeline_root: Path, image: ImageInfo) -> dict[str, 
         "DISTILLERY_IMAGE_DIGEST": image.digest,
     })
     return {
-        "mounts": [Mount(str(f), str(f), type="bind") for f in shared_folders(ctx, pipeline_root)],
+        "mounts": [Mount(str(f), str(f), type="bind") for f in shared],
         "environment": environment,
         "network_mode": "host",
         "user": f"{os.getuid()}:{os.getgid()}",
@@ -101,7 +102,7 @@ def container_runner(ctx, pipeline_root: Path, image: ImageInfo) -> Iterator[Any
     from pipelines.podman import docker_api
 
     with docker_api() as url:
-        before = {k: os.environ.get(k) for k in ("DOCKER_HOST",)}
+        before = os.environ.get("DOCKER_HOST")
         os.environ["DOCKER_HOST"] = url  # docker.from_env() in kfp's handler
         original = docker_task_handler.run_docker_container
         docker_task_handler.run_docker_container = run_container
@@ -109,8 +110,7 @@ def container_runner(ctx, pipeline_root: Path, image: ImageInfo) -> Iterator[Any
             yield local.DockerRunner(**container_run_args(ctx, pipeline_root, image))
         finally:
             docker_task_handler.run_docker_container = original
-            for key, value in before.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
+            if before is None:
+                os.environ.pop("DOCKER_HOST", None)
+            else:
+                os.environ["DOCKER_HOST"] = before

@@ -112,14 +112,16 @@ def list_datasets(root: Path) -> list[dict]:
     return rows
 
 
-def folder_hash(folder: Path) -> str:
-    """The md5 DVC would record for ``folder`` (``<md5>.dir``)."""
+def folder_hash(folder: Path, ignore=None) -> str:
+    """The md5 DVC would record for ``folder`` (``<md5>.dir``), skipping what ``ignore`` (a DVC
+    repository's ``dvcignore``) excludes; nothing is written (a dry run)."""
     from dvc.fs import LocalFileSystem
     from dvc_data.hashfile.build import build
     from dvc_data.hashfile.db import HashFileDB
 
     with tempfile.TemporaryDirectory() as tmp:
-        _, _, obj = build(HashFileDB(LocalFileSystem(), tmp), str(folder), LocalFileSystem(), "md5", dry_run=True)
+        _, _, obj = build(HashFileDB(LocalFileSystem(), tmp), str(folder), LocalFileSystem(), "md5", dry_run=True,
+                          ignore=ignore)
     return obj.hash_info.value
 
 

@@ -38,32 +38,36 @@ def alive(pid: int, started: float) -> bool:
         return True  # someone else's process: it exists, and is not ours to judge
 
 
+def _running(client, condition: str):
+    """The RUNNING runs of every experiment of the store that also meet ``condition`` (a filter)."""
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    for start in range(0, len(experiments), 100):  # search_runs takes at most 100 experiments at once
+        yield from client.search_runs(experiments[start:start + 100], max_results=5000,
+                                      filter_string=f"attributes.status = 'RUNNING' and {condition}")
+
+
 def close_dead_runs(tracking_uri: str, log=print) -> list[str]:
     """Mark KILLED every RUNNING run of this host whose launching process is gone; their ids."""
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri)
     host = socket.gethostname()
-    experiments = [e.experiment_id for e in client.search_experiments()]
     closed = []
-    for start in range(0, len(experiments), 100):  # search_runs takes at most 100 experiments at once
-        runs = client.search_runs(experiments[start:start + 100], max_results=5000,
-                                  filter_string=f"attributes.status = 'RUNNING' and tags.`{HOST}` = '{host}'")
-        for run in runs:
-            tags = run.data.tags
-            try:
-                pid, started = int(tags[PID]), float(tags[STARTED])
-            except (KeyError, ValueError):
-                continue  # no usable identity: leave it alone
-            if alive(pid, started):
-                continue
-            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime())
-            reason = (f"KILLED: the `distillery run` process that ran it (pid {pid} on {host}) is gone, without "
-                      f"closing it (killed, out of memory, or the machine stopped); closed by the next run at {when}.")
-            previous = tags.get(NOTE, "")
-            client.set_tag(run.info.run_id, NOTE, f"{reason}{' Before: ' + previous if previous else ''}")
-            client.set_terminated(run.info.run_id, "KILLED")
-            closed.append(run.info.run_id)
+    for run in _running(client, f"tags.`{HOST}` = '{host}'"):
+        tags = run.data.tags
+        try:
+            pid, started = int(tags[PID]), float(tags[STARTED])
+        except (KeyError, ValueError):
+            continue  # no usable identity: leave it alone
+        if alive(pid, started):
+            continue
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime())
+        reason = (f"KILLED: the `distillery run` process that ran it (pid {pid} on {host}) is gone, without "
+                  f"closing it (killed, out of memory, or the machine stopped); closed by the next run at {when}.")
+        previous = tags.get(NOTE, "")
+        client.set_tag(run.info.run_id, NOTE, f"{reason}{' Before: ' + previous if previous else ''}")
+        client.set_terminated(run.info.run_id, "KILLED")
+        closed.append(run.info.run_id)
     if closed:
         log(f"Closed {len(closed)} run(s) left RUNNING by a `distillery run` that died (marked KILLED)")
     return closed
@@ -75,13 +79,10 @@ def close_unfinished(tracking_uri: str, launch_id: str) -> list[str]:
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri)
-    experiments = [e.experiment_id for e in client.search_experiments()]
     closed = []
-    for start in range(0, len(experiments), 100):
-        for run in client.search_runs(experiments[start:start + 100], max_results=5000, filter_string=(
-                f"attributes.status = 'RUNNING' and tags.`distillery.launch_id` = '{launch_id}'")):
-            client.set_tag(run.info.run_id, NOTE, "FAILED: its task process ended without closing it (the pipeline "
-                                                  f"stopped). {run.data.tags.get(NOTE, '')}".strip())
-            client.set_terminated(run.info.run_id, "FAILED")
-            closed.append(run.info.run_id)
+    for run in _running(client, f"tags.`distillery.launch_id` = '{launch_id}'"):
+        client.set_tag(run.info.run_id, NOTE, "FAILED: its task process ended without closing it (the pipeline "
+                                              f"stopped). {run.data.tags.get(NOTE, '')}".strip())
+        client.set_terminated(run.info.run_id, "FAILED")
+        closed.append(run.info.run_id)
     return closed

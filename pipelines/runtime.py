@@ -91,12 +91,11 @@ def run_context(config: dict[str, Any], root: Path, resolve_repo: bool = True,
 
 
 def work_tree_data_hash(repo: Path) -> str:
-    """The hash DVC would record for ``repo/data`` as it is now (``<md5>.dir``)."""
-    from dvc.fs import LocalFileSystem
+    """The hash DVC would record for ``repo/data`` as it is now (``<md5>.dir``), with the
+    repository's ``.dvcignore`` applied as ``dvc add`` applies it."""
     from dvc.repo import Repo
-    from dvc_data.hashfile.build import build
+
+    from pipelines.data import folder_hash
 
     with Repo(str(repo)) as dvc_repo:
-        _, _, obj = build(dvc_repo.cache.local, str(repo / "data"), LocalFileSystem(), "md5", dry_run=True,
-                          ignore=dvc_repo.dvcignore)
-    return obj.hash_info.value
+        return folder_hash(repo / "data", ignore=dvc_repo.dvcignore)

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from components.devices import autocast, model_device
+from components.devices import model_device
+from components.training import models
 
 UNLABELLED = -1
 
@@ -88,17 +89,10 @@ def training_tensors(labelled_features, labels, unlabelled_features) -> tuple[to
     return x, y
 
 
-@torch.no_grad()
 def logits_of(model: nn.Module, x: torch.Tensor, batch_size: int = 2048) -> torch.Tensor:
-    """``model``'s logits ``(N, K)`` for ``x`` ``(N, D)`` in eval mode, in chunks on the model's
-    device (in the current precision); float32, on the CPU beside ``x``."""
-    model.eval()
-    device = model_device(model)
-    out = []
-    for i in range(0, len(x), batch_size):
-        with autocast(device):
-            out.append(model(x[i:i + batch_size].to(device)).float().cpu())
-    return torch.cat(out)
+    """``model``'s logits ``(N, K)`` for ``x`` ``(N, D)`` in eval mode: float32, on the CPU beside
+    ``x`` (:func:`components.training.models.logits`, chunked on the model's device)."""
+    return models.logits(model, x, batch_size)
 
 
 class StageEpochs:

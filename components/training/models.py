@@ -351,14 +351,19 @@ def load(path: str) -> nn.Module:
 
 
 @torch.no_grad()
-def predict_proba(model: nn.Module, features, batch_size: int = 2048) -> torch.Tensor:
-    """Class probabilities ``(N, K)`` on the CPU for raw features ``(N, D)``, in eval mode; each
-    batch runs on the model's device (in the current precision, :mod:`components.devices`)."""
+def logits(model: nn.Module, features, batch_size: int = 2048) -> torch.Tensor:
+    """Float32 logits ``(N, K)`` on the CPU for raw features ``(N, D)`` (an array or a tensor), in
+    eval mode; each batch runs on the model's device, in the current precision
+    (:mod:`components.devices`)."""
     model.eval()
     device = devices.model_device(model)
     out = []
     for i in range(0, len(features), batch_size):
         with devices.autocast(device):
-            logits = model(devices.to_model(model, features[i:i + batch_size]))
-        out.append(logits.float().softmax(-1).cpu())
+            out.append(model(devices.to_model(model, features[i:i + batch_size])).float().cpu())
     return torch.cat(out) if out else torch.zeros(0, 0)
+
+
+def predict_proba(model: nn.Module, features, batch_size: int = 2048) -> torch.Tensor:
+    """Class probabilities ``(N, K)`` on the CPU for raw features ``(N, D)``, in eval mode (:func:`logits`)."""
+    return logits(model, features, batch_size).softmax(-1)
