@@ -1,5 +1,5 @@
 # Distillery CPU image: the base image of every KFP component
-# (components/images.py: DEFAULT_IMAGE = "ghcr.io/distillery-mlops/distillery:0.1.0").
+# (components/core/images.py: DEFAULT_IMAGE = "ghcr.io/distillery-mlops/distillery:0.1.0").
 #
 # Upstream (a Docker engine and a registry), from the repository root:
 #   docker build -t ghcr.io/distillery-mlops/distillery:0.1.0 .
@@ -61,7 +61,7 @@ COPY components/ /opt/distillery/components/
 COPY pipelines/ /opt/distillery/pipelines/
 RUN pip install --quiet --no-deps --no-build-isolation /opt/distillery \
  && rm -rf /opt/distillery \
- && python -c "import components, pipelines, kfp, mlflow, dvc; from components.training import launcher; launcher.required_secrets()"
+ && python -c "import distillery.components, distillery.pipelines, kfp, mlflow, dvc; from distillery.components.training.cluster import manifests; manifests.required_secrets()"
 
 WORKDIR /home/distillery
 USER 1000:1000

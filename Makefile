@@ -41,6 +41,7 @@ constraints: install
 	  $(PY) -m pip freeze --exclude-editable | grep -v -i '^torch=='; } > constraints.txt
 
 test: data
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 compile: install
@@ -50,18 +51,18 @@ benchmark: data image
 	$(PY) -m pip install --quiet -e ".[bench]"
 	# torchdistill, the distillation benchmark's peer: --no-deps, or pip swaps torch 2.13.0 for 2.14.1 (torchvision)
 	$(PY) -m pip install --quiet --no-deps "torchdistill==1.1.5"
-	$(PY) benchmarks/pipeline_overhead.py   # both runners: needs `make image` (or add --runners subprocess)
-	$(PY) benchmarks/image_build.py
-	$(PY) benchmarks/gpu_stages.py
-	$(PY) benchmarks/al_label_efficiency.py
-	$(PY) benchmarks/al_selection_speed.py
-	$(PY) benchmarks/ddp_throughput.py
-	$(PY) benchmarks/async_training.py
-	$(PY) benchmarks/spsa_bytes.py
-	$(PY) benchmarks/quality_filtering.py
-	$(PY) benchmarks/consensus_labels.py
-	$(PY) benchmarks/ood_selection.py
-	$(PY) benchmarks/distillation.py
+	$(PY) -m benchmarks.pipeline_overhead   # both runners: needs `make image` (or add --runners subprocess)
+	$(PY) -m benchmarks.image_build
+	$(PY) -m benchmarks.gpu_stages
+	$(PY) -m benchmarks.al_label_efficiency
+	$(PY) -m benchmarks.al_selection_speed
+	$(PY) -m benchmarks.ddp_throughput
+	$(PY) -m benchmarks.async_training
+	$(PY) -m benchmarks.spsa_bytes
+	$(PY) -m benchmarks.quality_filtering
+	$(PY) -m benchmarks.consensus_labels
+	$(PY) -m benchmarks.ood_selection
+	$(PY) -m benchmarks.distillation
 
 ui: install
 	$(CLI) ui

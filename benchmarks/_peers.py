@@ -70,12 +70,11 @@ def torch_classifier_class():
 
 def _build_classifier_class():
     import torch
-
-    from components.selection.loop import train_model
-    from components.selection.mc_dropout import dropout_modules
-    from components.selection.pool import forward
-
     from skactiveml.base import SkactivemlClassifier
+
+    from distillery.components.core.models import forward
+    from distillery.components.selection.loop import train_model
+    from distillery.components.selection.mc_dropout import dropout_modules
 
     class TorchClassifier(SkactivemlClassifier):
         """Our torch classifier as a scikit-activeml classifier (labels ``0..K-1``, missing = NaN)."""
@@ -166,8 +165,9 @@ def query(name: str, seed: int, clf, candidates: np.ndarray, labelled: np.ndarra
 
 
 def selector(name: str, seed: int, mc_passes: int = 10):
-    """A ``(pool, batch_size) -> positions`` callable for :func:`components.selection.loop.run_active_learning`
-    that lets the peer select from the loop's pool with the loop's model."""
+    """A ``(pool, batch_size) -> positions`` callable for
+    :func:`distillery.components.selection.loop.run_active_learning` that lets the peer select from the
+    loop's pool with the loop's model."""
     calls = {"n": 0}
 
     def select(pool, batch_size):

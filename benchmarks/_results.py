@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import os
 import platform
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
-import _peers
 import numpy as np
+
+from benchmarks import _peers
 
 
 def machine_info(load_before: float) -> dict:
@@ -35,7 +36,7 @@ def write_result(result: dict, output: Path, print_result: Callable[[dict], None
 def strategy_configs(anchoral: list[tuple[str, dict]]) -> dict[str, tuple[str, dict]]:
     """label -> (registered name, params): every registered selection strategy, wrappers over a
     base; ``anchoral`` lists the AnchorAL variants (label, params) the benchmark runs."""
-    from components import registry
+    from distillery.components.core import registry
 
     wrapped = {
         "anchoral": anchoral,

@@ -1,6 +1,6 @@
 """Label efficiency of every registered selection strategy, and of a peer library, on MNIST.
 
-One protocol for all (``components.selection.loop.run_active_learning``): the project's MNIST
+One protocol for all (``distillery.components.selection.loop.run_active_learning``): the project's MNIST
 subset (5,000 digits) split once, stratified, into a 4,000-item pool and a 1,000-item test set; an
 MLP 784-256-10 with dropout 0.2 (BALD samples that dropout) retrained from scratch every round with
 the loop's step budget; 20 stratified initial labels, +20 per round up to 200, then +50 per round up
@@ -24,9 +24,9 @@ anchoral(badge)), and the peer's entropy and BADGE.
 
 (strategy, seed) jobs run in worker processes (``--workers``, default 2), one torch thread each.
 
-    python benchmarks/al_label_efficiency.py                 # everything (tens of minutes on 2 cores)
-    python benchmarks/al_label_efficiency.py --quick         # tiny schedule and training, 1 seed (seconds)
-    python benchmarks/al_label_efficiency.py --strategies entropy,badge,peer:entropy --no-imbalanced
+    python -m benchmarks.al_label_efficiency                 # everything (tens of minutes on 2 cores)
+    python -m benchmarks.al_label_efficiency --quick         # tiny schedule and training, 1 seed (seconds)
+    python -m benchmarks.al_label_efficiency --strategies entropy,badge,peer:entropy --no-imbalanced
 """
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ PEER_PREFIX = "peer:"
 
 def strategy_configs() -> dict[str, tuple[str, dict]]:
     """label -> (registered name, params): every registered strategy; AnchorAL over BADGE and entropy."""
-    import _results
+    from benchmarks import _results
 
     return _results.strategy_configs([("anchoral(badge)", {**ANCHORAL, "base": "badge"}),
                                       ("anchoral(entropy)", {**ANCHORAL, "base": "entropy"})])
@@ -106,14 +106,15 @@ def _init_worker() -> None:
     import torch
 
     torch.set_num_threads(1)
-    for path in (str(ROOT), str(ROOT / "benchmarks")):
-        if path not in sys.path:
-            sys.path.insert(0, path)
 
 
 def run_job(job: dict) -> dict:
     """One (setting, strategy, seed) run; returns its curve, or the error it raised."""
-    from components.selection.loop import evaluate, run_active_learning, train_model
+    from distillery.components.selection.loop import (
+        evaluate,
+        run_active_learning,
+        train_model,
+    )
 
     data = load_data()
     x, y, meta = data["x"], data["y"], data["meta"]
@@ -127,7 +128,7 @@ def run_job(job: dict) -> dict:
         pool = data["pool"] if job["setting"] == "balanced" else data["imbalanced"]
         label = job["label"]
         if label.startswith(PEER_PREFIX):
-            import _peers
+            from benchmarks import _peers
 
             strategy, params = _peers.selector(label[len(PEER_PREFIX):], job["seed"]), None
         else:
@@ -142,10 +143,7 @@ def run_job(job: dict) -> dict:
 # --- the benchmark ----------------------------------------------------------------------------------
 
 def main(argv: list[str] | None = None) -> int:
-    for path in (str(ROOT), str(ROOT / "benchmarks")):
-        if path not in sys.path:
-            sys.path.insert(0, path)
-    import _peers
+    from benchmarks import _peers
 
     configs = strategy_configs()
     peer_labels = [PEER_PREFIX + s for s in PEER_STRATEGIES]
@@ -159,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-peer", action="store_true", help="skip the peer library")
     parser.add_argument("--no-imbalanced", action="store_true", help="skip the imbalanced-pool runs")
     parser.add_argument("--output", type=Path, help="result JSON (default: benchmarks/results/"
-                                                    "al_label_efficiency.json, al_label_efficiency_quick.json with --quick)")
+                                                    "al_label_efficiency.json, "
+                                                    "al_label_efficiency_quick.json with --quick)")
     args = parser.parse_args(argv)
 
     schedule = QUICK_SCHEDULE if args.quick else SCHEDULE
@@ -224,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     result["protocol"]["quick"] = args.quick
     if train:
         result["protocol"]["training_overrides"] = train
-    import _results  # beside this script, like _peers
+    from benchmarks import _results
 
     result["machine"] = _results.machine_info(load_before)
     result["wall_seconds"] = round(wall, 1)
@@ -235,13 +234,13 @@ def main(argv: list[str] | None = None) -> int:
 def _curve_stats(runs: list[dict]) -> dict:
     labels = [p["labels"] for p in runs[0]["curve"]]
     acc = np.array([[p["accuracy"] for p in r["curve"]] for r in runs])
-    return {"labels": labels, "accuracy_mean": acc.mean(0).round(4).tolist(), "accuracy_std": acc.std(0).round(4).tolist(),
-            "accuracy_per_seed": acc.round(4).tolist()}
+    return {"labels": labels, "accuracy_mean": acc.mean(0).round(4).tolist(),
+            "accuracy_std": acc.std(0).round(4).tolist(), "accuracy_per_seed": acc.round(4).tolist()}
 
 
 def summarise(results: list[dict], labels: list[str], imbalanced_labels: list[str], schedule: list[int],
               seeds: int, data: dict) -> dict:
-    from components.selection.loop import labels_to_reach
+    from distillery.components.selection.loop import labels_to_reach
 
     full = [r["accuracy"] for r in results if r["setting"] == "full" and "error" not in r]
     full_acc = float(np.mean(full))
@@ -267,7 +266,8 @@ def summarise(results: list[dict], labels: list[str], imbalanced_labels: list[st
             "labels_to_95pct": _round(labels_to_reach(mean_curve, target)),
             "labels_to_95pct_per_seed": [_round(labels_to_reach([(p["labels"], p["accuracy"]) for p in r["curve"]],
                                                                 target)) for r in runs],
-            "query_seconds_total": round(float(np.mean([sum(p["query_seconds"] for p in r["curve"]) for r in runs])), 3),
+            "query_seconds_total": round(float(np.mean([sum(p["query_seconds"] for p in r["curve"])
+                                                        for r in runs])), 3),
             "job_seconds": round(float(np.mean([r["seconds"] for r in runs])), 2),
         }
         (peers if label.startswith(PEER_PREFIX) else strategies)[label] = entry
@@ -303,7 +303,7 @@ def summarise(results: list[dict], labels: list[str], imbalanced_labels: list[st
                                                   for r in runs], axis=0).round(2).tolist(),
             }
 
-    import _peers
+    from benchmarks import _peers
 
     return {
         "benchmark": "al_label_efficiency",
@@ -311,7 +311,8 @@ def summarise(results: list[dict], labels: list[str], imbalanced_labels: list[st
         "protocol": {"dataset": "mnist (data/mnist, 5,000 digits)", "pool_size": POOL_SIZE, "test_size": TEST_SIZE,
                      "split": f"stratified, random_state={SPLIT_SEED}", "schedule": schedule, "seeds": seeds,
                      "initial_labels": "stratified (imbalanced pool: random)", "model": MODEL,
-                     "training": "components.selection.loop.TRAIN_DEFAULTS, retrained from scratch each round",
+                     "training": "distillery.components.selection.loop.TRAIN_DEFAULTS, "
+                                 "retrained from scratch each round",
                      "target": f"{TARGET_FRACTION:.0%} of full-data accuracy, on the seed-averaged curve",
                      "anchoral": ANCHORAL, "peer": f"{_peers.PEER} {_peers.peer_version()}"},
         "full_data_accuracy_per_seed": [round(a, 4) for a in full],
@@ -363,8 +364,9 @@ def print_result(result: dict) -> None:
     s, p = result["summary"], result["protocol"]
     m = result["machine"]
     print(f"\nLabel efficiency, MNIST pool {p['pool_size']} / test {p['test_size']}, {p['seeds']} seed(s), "
-          f"schedule {p['schedule'][0]}..{p['schedule'][-1]}; {m['cores']} cores, load {m['load_avg_1min']['before']:.2f}"
-          f" before / {m['load_avg_1min']['after']:.2f} after; wall {result['wall_seconds']:.0f} s")
+          f"schedule {p['schedule'][0]}..{p['schedule'][-1]}; {m['cores']} cores, "
+          f"load {m['load_avg_1min']['before']:.2f} before / {m['load_avg_1min']['after']:.2f} after; "
+          f"wall {result['wall_seconds']:.0f} s")
     print(f"full-data accuracy {s['full_data_accuracy']:.4f}; target (95%) {result['target_accuracy']:.4f}\n")
     rows = {**result["strategies"], **result["peers"]}
     points = [n for n in REPORT_AT if any(str(n) in r["accuracy_at"] for r in rows.values())]

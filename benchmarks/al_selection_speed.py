@@ -10,7 +10,8 @@ Measured per strategy, each in its own fresh process (forked from a clean server
 only imported torch, numpy and our modules, so no earlier run's memory counts):
 
 * seconds (one torch/BLAS thread per measurement by default, ``--threads``: on a shared 2-core
-  machine a second thread made per-sample-gradient strategies 10x slower, not faster): wall time of ``resolve(name, seed, params).select(Pool(...), 100)``, including the model's
+  machine a second thread made per-sample-gradient strategies 10x slower, not faster): wall time of
+  ``resolve(name, seed, params).select(Pool(...), 100)``, including the model's
   forward pass over the pool (a fresh ``Pool`` each time, so no cached outputs); the best of
   ``--repeats`` runs (a strategy slower than 30 s runs once);
 * peak MB: the process's peak resident set size (``resource.getrusage(RUSAGE_SELF).ru_maxrss``), which
@@ -37,8 +38,8 @@ BADGE materialises the ``(N, K*H)`` float64 gradient embeddings (10 GB at 1M x 1
 pools over ``PEER_BADGE_CANDIDATES`` items it is given that many random candidates (its
 ``candidates`` argument) and the table says so: a lower bound on what the full pool would cost it.
 
-    python benchmarks/al_selection_speed.py            # 1M pool (~15 min on 2 cores)
-    python benchmarks/al_selection_speed.py --quick    # 20,000-item pool, every strategy once
+    python -m benchmarks.al_selection_speed            # 1M pool (~15 min on 2 cores)
+    python -m benchmarks.al_selection_speed --quick    # 20,000-item pool, every strategy once
 """
 from __future__ import annotations
 
@@ -54,9 +55,6 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
-for _path in (str(ROOT), str(ROOT / "benchmarks")):
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
 
 POOL_SIZE, QUICK_POOL_SIZE = 1_000_000, 20_000
 DIM, CLASSES, HIDDEN, DROPOUT = 64, 10, 128, 0.2
@@ -70,13 +68,13 @@ META = {"name": "synthetic", "classes": [str(c) for c in range(CLASSES)], "featu
         "value_range": [0.0, 1.0]}
 MODEL = {"arch": "mlp", "hidden": HIDDEN, "dropout": DROPOUT}
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
-PRELOAD = ["torch", "numpy", "scipy.special", "sklearn.cluster", "faiss", "components.selection.strategies",
-           "components.selection.pool", "components.training.models"]
+PRELOAD = ["torch", "numpy", "scipy.special", "sklearn.cluster", "faiss", "distillery.components.selection.strategies",
+           "distillery.components.selection.pool", "distillery.components.core.models"]
 
 
 def strategy_configs() -> dict[str, tuple[str, dict]]:
     """label -> (registered name, params): every registered strategy; AnchorAL over each expensive one."""
-    import _results
+    from benchmarks import _results
 
     return _results.strategy_configs([(f"anchoral({base})", {"base": base})
                                       for base in ("badge", "expected_gradnorm", "entropy_gradnorm", "entropy")])
@@ -92,8 +90,8 @@ def make_data(pool_size: int, folder: Path) -> dict:
     """Write the pool, the labelled set and the trained model under ``folder``; return their paths."""
     import torch
 
-    from components.selection.loop import train_model
-    from components.training import models
+    from distillery.components.core import models
+    from distillery.components.selection.loop import train_model
 
     rng = np.random.default_rng(0)
     means = rng.normal(0.0, 0.3, (CLASSES, DIM)).astype(np.float32)
@@ -144,7 +142,7 @@ def measure(job: dict, paths: dict, repeats: int, threads: int, queue) -> None:
     try:
         import torch
 
-        from components.training import models
+        from distillery.components.core import models
 
         torch.set_num_threads(threads)
         pool = np.load(paths["pool"])
@@ -171,8 +169,8 @@ def _runner(job: dict, pool: np.ndarray, labelled: np.ndarray, labelled_labels: 
     """A zero-argument callable doing one query (everything it needs to start from is built here)."""
     kind, label = job["kind"], job["label"]
     if kind == "ours":
-        from components.selection.pool import Pool
-        from components.selection.strategies import resolve
+        from distillery.components.selection.pool import Pool
+        from distillery.components.selection.strategies import resolve
 
         def run():
             view = Pool(pool, model, labelled, labelled_labels, num_classes=CLASSES)
@@ -180,7 +178,7 @@ def _runner(job: dict, pool: np.ndarray, labelled: np.ndarray, labelled_labels: 
             assert len(set(positions.tolist())) == BATCH
         return run
     if kind == "peer":
-        import _peers
+        from benchmarks import _peers
 
         name = label.split(":", 1)[1]
         candidates = pool
@@ -277,7 +275,7 @@ def run_jobs(jobs: list[dict], paths: dict, repeats: int, timeout: float, thread
 
 
 def main(argv: list[str] | None = None) -> int:
-    import _peers
+    from benchmarks import _peers
 
     configs = strategy_configs()
     peer_labels = [f"peer:{s}" for s in PEER_STRATEGIES]
@@ -293,7 +291,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="torch and BLAS threads of every measurement, ours and the peer's (default: %(default)s)")
     parser.add_argument("--no-peer", action="store_true", help="skip the peer library")
     parser.add_argument("--output", type=Path, help="result JSON (default: benchmarks/results/"
-                                                    "al_selection_speed.json, al_selection_speed_quick.json with --quick)")
+                                                    "al_selection_speed.json, "
+                                                    "al_selection_speed_quick.json with --quick)")
     args = parser.parse_args(argv)
     pool_size = args.pool_size or (QUICK_POOL_SIZE if args.quick else POOL_SIZE)
     repeats = args.repeats or (1 if args.quick else 3)
@@ -336,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
 
     result = summarise(results, pool_size, repeats, args.timeout, data)
     result["protocol"]["threads"] = args.threads
-    import _results  # beside this script, like _peers
+    from benchmarks import _results
 
     result["machine"] = _results.machine_info(load_before)
     result["wall_seconds"] = round(wall, 1)
@@ -406,7 +405,7 @@ def summarise(results: list[dict], pool_size: int, repeats: int, timeout: float,
         targets[f"{name}_faster_than_peer"] = None if s is None else (p["seconds"] is None or s < p["seconds"])
     targets["all"] = all(v for v in targets.values() if v is not None) and None not in targets.values()
 
-    import _peers
+    from benchmarks import _peers
 
     return {
         "benchmark": "al_selection_speed",
@@ -435,8 +434,9 @@ def summarise(results: list[dict], pool_size: int, repeats: int, timeout: float,
 def print_result(result: dict) -> None:
     s, m, p = result["summary"], result["machine"], result["protocol"]
     print(f"\nOne query of {p['batch']} from a {s['pool_size']:,}-item pool ({p['pool']}); MLP 64-128-10; "
-          f"{m['cores']} cores, {p['threads']} thread(s) per measurement, load {m['load_avg_1min']['before']:.2f} before / "
-          f"{m['load_avg_1min']['after']:.2f} after; best of {p['repeats']}\n")
+          f"{m['cores']} cores, {p['threads']} thread(s) per measurement, "
+          f"load {m['load_avg_1min']['before']:.2f} before / {m['load_avg_1min']['after']:.2f} after; "
+          f"best of {p['repeats']}\n")
     floors = result["floors"]
     floor, mc = floors["forward_entropy_topk"]["seconds"], floors["mc_dropout"]["seconds"]
     peers = result["peers"]
@@ -452,7 +452,8 @@ def print_result(result: dict) -> None:
 
     def row(label, r, reference=None, peer=None):
         secs = r["seconds"]
-        note = "TIMEOUT" if r.get("timeout") else ("FAILED: " + r["error"].splitlines()[0][:60] if r.get("error") else "")
+        note = "TIMEOUT" if r.get("timeout") else \
+            ("FAILED: " + r["error"].splitlines()[0][:60] if r.get("error") else "")
         ratio = f"{secs / reference:.2f}x" if secs is not None and reference else "-"
         peer_s = peer_mb = "-"
         if peer is not None:

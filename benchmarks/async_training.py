@@ -17,8 +17,8 @@ Both times are measured on the master's clock from its first dispatch (process s
 for both, is reported apart). The learned sample weights are then judged the way hyper-cleaning is:
 the same linear model trained on the noisy labels unweighted vs weighted, test accuracy.
 
-    python benchmarks/async_training.py            # 4 workers, straggler 3x (~2-3 min on 2 cores)
-    python benchmarks/async_training.py --quick    # fewer iterations (a smoke run)
+    python -m benchmarks.async_training            # 4 workers, straggler 3x (~2-3 min on 2 cores)
+    python -m benchmarks.async_training --quick    # fewer iterations (a smoke run)
 """
 from __future__ import annotations
 
@@ -36,8 +36,6 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 
 def main(argv: list[str] | None = None) -> int:
-    if str(ROOT) not in sys.path:  # `python benchmarks/async_training.py` puts benchmarks/ first
-        sys.path.insert(0, str(ROOT))
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--straggler-factor", type=float, default=3.0, help="delay multiplier of worker 1")
@@ -66,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _config(args, s: int, tau: int, iterations: int):
-    from components.training.adbo.config import ADBOConfig
+    from distillery.components.training.adbo.config import ADBOConfig
 
     return ADBOConfig(problem="hyperclean", problem_kwargs={"data": "data/mnist", "noise": 0.3}, workers=args.workers,
                       s=s, tau=tau, iterations=iterations, delay_base=args.delay_base,
@@ -77,7 +75,7 @@ def _config(args, s: int, tau: int, iterations: int):
 
 def _run(config, folder: Path) -> dict:
     """One launch to the end: the master's per-iteration history and final state."""
-    from components.training.adbo.launcher import launch
+    from distillery.components.training.adbo.launcher import launch
 
     began = time.perf_counter()
     result = launch(config, folder)
@@ -98,7 +96,7 @@ def _seconds_to(history: list[dict], target: float) -> tuple[float, int] | None:
 def benchmark(args) -> dict:
     import torch
 
-    from components.training.adbo import problems
+    from distillery.components.training.adbo import problems
 
     n, s = args.workers, args.s or max(1, args.workers // 2)
     load_before = os.getloadavg()[0]

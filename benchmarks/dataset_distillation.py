@@ -10,8 +10,8 @@ by class, so "first 4,000" would hold no 8s or 9s.)
 2. Backdoor audit (4x4 trigger bottom-right, target class 0) of the clean DM-10 set, of a DM-10 set
    distilled from NAIVEATTACK-poisoned data, and of a DOORPING one (poison fraction ``--poison``).
 
-    nice -n 10 python benchmarks/dataset_distillation.py             # ~10 min on a loaded 2-core machine
-    python benchmarks/dataset_distillation.py --quick                  # a smoke run (~1 min)
+    nice -n 10 python -m benchmarks.dataset_distillation             # ~10 min on a loaded 2-core machine
+    python -m benchmarks.dataset_distillation --quick                  # a smoke run (~1 min)
 
 ``benchmarks/distillation.py`` imports :func:`mnist_split` (the shared split) and :func:`evaluate`.
 """
@@ -34,12 +34,10 @@ QUICK = {"iterations": 5, "epochs": 5}
 def mnist_split():
     """``(train, x_test, y_test)``: the shipped 5,000 MNIST digits split 4,000 / 1,000, stratified by
     class with ``random_state=0`` (:data:`SPLIT`); ``train`` is a :class:`LabelledData` (``meta`` on it)."""
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
     import numpy as np
     from sklearn.model_selection import train_test_split
 
-    from components.datasets import LabelledData
+    from distillery.components.core.datasets import LabelledData
 
     mnist = ROOT / "data" / "mnist"
     features, labels = np.load(mnist / "features.npy"), np.load(mnist / "labels.npy")
@@ -58,9 +56,12 @@ def evaluate(train, x_test, y_test, *, iterations: int = 200, width: int = 16, b
     import numpy as np
     from sklearn.model_selection import train_test_split
 
-    from components.distillation import backdoor_attacks, dataset_dm
-    from components.distillation.backdoor_audit import Trigger, audit_backdoor
-    from components.training.train import accuracy, train_classifier
+    from benchmarks import backdoor_attacks
+    from distillery.components.audit.backdoor_audit import Trigger, audit_backdoor
+    from distillery.components.core.train import accuracy, train_classifier
+    from distillery.components.dataset_distillation import (
+        distribution_matching as dataset_dm,
+    )
 
     meta = train.meta
     dm = {"iterations": iterations, "width": width, "batch_real": batch_real}
@@ -131,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
         args.iterations, args.epochs = QUICK["iterations"], QUICK["epochs"]
 
     import torch
-    from _results import machine_info, write_result
+
+    from benchmarks._results import machine_info, write_result
 
     torch.set_num_threads(1)
     load_before = os.getloadavg()[0]

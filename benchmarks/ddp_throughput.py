@@ -1,7 +1,7 @@
 """Training throughput of data-parallel training (DDP under torchrun) with 1 and 2 processes.
 
 Trains the teacher, the small CNN (409k parameters), on MNIST 5,000 through the ``ddp`` training
-method's launcher (:func:`components.training.distributed.train_data_parallel`: ``torchrun
+method's launcher (:func:`distillery.components.training.distributed.train_data_parallel`: ``torchrun
 --standalone``, gloo on CPU) with the same *global* batch for every process count, so every run
 does the same optimisation and only the work per process changes. With one process torchrun
 starts a single worker that trains without a process group (the single-process loop); with N,
@@ -19,8 +19,8 @@ compute per process: the speed-up that data parallelism alone buys, minus the al
 Multi-threaded runs suffer most when other work shares the machine (OpenMP threads wait on each
 other), so read the numbers with the load average the result records.
 
-    python benchmarks/ddp_throughput.py                      # batch 32 (the pipeline's), 3 epochs
-    python benchmarks/ddp_throughput.py --batch-sizes 32 256 --epochs 4
+    python -m benchmarks.ddp_throughput                      # batch 32 (the pipeline's), 3 epochs
+    python -m benchmarks.ddp_throughput --batch-sizes 32 256 --epochs 4
 """
 from __future__ import annotations
 
@@ -38,8 +38,6 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 
 def main(argv: list[str] | None = None) -> int:
-    if str(ROOT) not in sys.path:  # `python benchmarks/ddp_throughput.py` puts benchmarks/ first
-        sys.path.insert(0, str(ROOT))
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=3, help="epochs per run (>= 2; the first is warm-up)")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[32],
@@ -71,8 +69,8 @@ def _load(samples: int):
 def benchmark(epochs: int, batch_sizes: list[int], processes: list[int], samples: int) -> dict:
     import torch
 
-    from components.training.distributed import train_data_parallel
-    from components.training.train import train_classifier
+    from distillery.components.core.train import train_classifier
+    from distillery.components.training.distributed import train_data_parallel
 
     x, y, meta = _load(samples)
     arch, kwargs, lr, seed = "small_cnn", {}, 1e-3, 0
@@ -126,7 +124,8 @@ def benchmark(epochs: int, batch_sizes: list[int], processes: list[int], samples
                "samples_per_second_1_thread_per_process": one_thread,
                "speedup_1_thread_per_process": one_thread[hi] / one_thread[lo] if len(one_thread) > 1 else None,
                "in_process_samples_per_second": next(r["samples_per_second"] for r in runs
-                                                     if r["launcher"] == "in-process" and r["batch_size"] == main_batch)}
+                                                     if r["launcher"] == "in-process"
+                                                     and r["batch_size"] == main_batch)}
     return {
         "benchmark": "ddp_throughput",
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -141,7 +140,7 @@ def benchmark(epochs: int, batch_sizes: list[int], processes: list[int], samples
 
 
 def _parameters(meta: dict) -> int:
-    from components.training import models
+    from distillery.components.core import models
 
     return models.count_parameters(models.build("small_cnn", meta))
 

@@ -20,8 +20,8 @@ on one torch thread, over ``--seeds`` seeds (the training seed: weights and batc
 3. Dataset distillation (:func:`dataset_distillation.evaluate`): a model trained on 10 and 50
    distribution-matching images per class vs as many random real ones; the backdoor audit's ASR of a
    clean, a NAIVEATTACK and a DOORPING distilled set.
-4. RELIANT on tabular data with a sensitive attribute (:func:`components.synthetic.biased_tabular`,
-   the data of tests/test_reliant.py): accuracy and ΔSP of Hinton KD vs RELIANT.
+4. RELIANT on tabular data with a sensitive attribute (:func:`benchmarks.synthetic.biased_tabular`,
+   the data of tests/components/distillation/test_reliant.py): accuracy and ΔSP of Hinton KD vs RELIANT.
 
 The epoch budget ``E`` (``--epochs``, default 45, the budget of the issue's anchors and targets; they
 also quote 15) is the number of passes a student makes over its training data, the same for every
@@ -40,14 +40,14 @@ Its package requires torchvision, and installing it with its dependencies replac
 2.14.1 (PyPI's torchvision does not import beside 2.13.0); its loss modules import neither. What is
 used: ``torchdistill.losses.mid_level.KDLoss`` (``T = 4``, ``alpha = 0.1``: ``0.1 CE + 0.9 T² KL``,
 KL ``batchmean``) on the student's and the teacher's logits, inside this project's training loop
-(:func:`components.training.train.fit`, same seed, batch order and optimiser as our rows), over the
+(:func:`distillery.components.core.train.fit`, same seed, batch order and optimiser as our rows), over the
 labelled set. torchdistill's YAML-driven training pipeline (``torchdistill.core``) is not used. Not run
 in the label-scarce setting (its ``KDLoss`` has no term for unlabelled items with a CE weight).
 
-    nice -n 10 python benchmarks/distillation.py                       # full protocol: 3 seeds, E = 45
-    nice -n 10 python benchmarks/distillation.py --epochs 15           # the anchors' shorter budget
-    python benchmarks/distillation.py --jobs 4                         # seeds and dataset distillation side by side
-    python benchmarks/distillation.py --quick                          # smoke run: 1 seed, E = 3, 1,000 items
+    nice -n 10 python -m benchmarks.distillation                       # full protocol: 3 seeds, E = 45
+    nice -n 10 python -m benchmarks.distillation --epochs 15           # the anchors' shorter budget
+    python -m benchmarks.distillation --jobs 4                         # seeds and dataset distillation side by side
+    python -m benchmarks.distillation --quick                          # smoke run: 1 seed, E = 3, 1,000 items
 
 Wall time, one job on one idle core: about 30 min per seed at E = 45 (most of it the RepGhost student,
 whose depthwise convs are slow on CPU) and 10 min of dataset distillation, so about 100 min for the
@@ -65,14 +65,10 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks import _results, dataset_distillation
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-import _results  # noqa: E402
-import dataset_distillation  # noqa: E402
 
 LR, BATCH_SIZE = 1e-3, 64
 TEACHER = ("small_cnn", {"channels": 16, "hidden": 140})
@@ -110,7 +106,7 @@ def budget_params(name: str, budget: int, teacher_epochs: int) -> dict:
 
 def prod_stage_count() -> int:
     """Stages of the registered PROD: its snapshot teachers and the teacher."""
-    from components import registry
+    from distillery.components.core import registry
 
     return len(registry.get("distillation", "prod").defaults["chain_checkpoints"]) + 1
 
@@ -118,9 +114,9 @@ def prod_stage_count() -> int:
 def distil_row(name: str, teacher, student_spec: tuple[str, dict], meta: dict, data: dict, budget: int,
                teacher_epochs: int, seed: int):
     """A fresh student (seeded init) distilled with the registered method ``name``."""
-    from components import registry
-    from components.distillation.hinton_kd import make_student
-    from components.distillation.tasks import method_params
+    from distillery.components.core import registry
+    from distillery.components.distillation.hinton_kd import make_student
+    from distillery.components.distillation.tasks import method_params
 
     method = registry.get("distillation", name)
     given = {**budget_params(name, budget, teacher_epochs), "lr": LR, "batch_size": BATCH_SIZE}
@@ -131,7 +127,7 @@ def distil_row(name: str, teacher, student_spec: tuple[str, dict], meta: dict, d
 
 def kd_settings() -> dict:
     """Temperature and CE weight of the registered ``hinton_kd`` (T = 4, alpha = 0.1): the peer's too."""
-    from components import registry
+    from distillery.components.core import registry
 
     defaults = registry.get("distillation", "hinton_kd").defaults
     return {"temperature": defaults["temperature"], "alpha": defaults["alpha"]}
@@ -157,9 +153,9 @@ def peer_kd(teacher, student_spec: tuple[str, dict], meta: dict, data: dict, bud
     import torch
     from torchdistill.losses.mid_level import KDLoss
 
-    from components.distillation.common import logits_of
-    from components.distillation.hinton_kd import make_student
-    from components.training.train import fit
+    from distillery.components.core.train import fit
+    from distillery.components.distillation.common import logits_of
+    from distillery.components.distillation.hinton_kd import make_student
 
     # module path "." with io "output": the whole model's output, i.e. the logits
     criterion = KDLoss(".", "output", ".", "output", **kd_settings())
@@ -184,7 +180,7 @@ def setting_rows(setting: str, data: dict, teacher, students: list[str], meta: d
                  budget: int, label_only_epochs: int, teacher_epochs: int, seed: int, peer: bool,
                  extra_teacher=None) -> dict:
     """``{student: {row: (accuracy, seconds)}}`` of one seed in one setting."""
-    from components.training.train import accuracy, train_classifier
+    from distillery.components.core.train import accuracy, train_classifier
 
     def score(model):
         return accuracy(model, x_test, y_test)
@@ -211,7 +207,7 @@ def inference_ms(arch: str, arch_kwargs: dict, meta: dict, x, repeats: int = 7) 
     """Median wall time (ms) of an eval-mode forward pass over ``x`` (1,000 images), fused if re-parameterisable."""
     import torch
 
-    from components.training import models
+    from distillery.components.core import models
 
     model = models.fuse(models.build(arch, meta, **arch_kwargs))
     x = torch.as_tensor(x, dtype=torch.float32)
@@ -257,7 +253,7 @@ def seed_run(seed: int, budget: int, students: list[str], train_size: int | None
     ``(accuracy, seconds)``."""
     import torch
 
-    from components.training.train import accuracy, train_classifier
+    from distillery.components.core.train import accuracy, train_classifier
 
     torch.set_num_threads(1)
     full, scarce, x_test, y_test, meta = settings_data(train_size)
@@ -284,7 +280,7 @@ def knowledge_distillation(per_seed: list[dict], *, budget: int, students: list[
     """Sections 1 and 2 summarised over the seeds (mean, std per row), with parameters and inference times."""
     import torch
 
-    from components.training import models
+    from distillery.components.core import models
 
     torch.set_num_threads(1)
     full, scarce, x_test, _, meta = settings_data(train_size)
@@ -346,14 +342,13 @@ def stats(values: list[float]) -> dict:
 
 
 def fairness(seeds: int) -> dict:
-    """Section 4: Hinton KD vs RELIANT on :func:`components.synthetic.biased_tabular` (1,500 train, of
+    """Section 4: Hinton KD vs RELIANT on :func:`benchmarks.synthetic.biased_tabular` (1,500 train, of
     which 500 labelled, 500 test), ``seeds`` seeds; accuracy and ΔSP per seed."""
-    from components import registry
-    from components.distillation.hinton_kd import make_student
-    from components.evaluation.fairness import fairness_gaps
-    from components.synthetic import biased_tabular
-    from components.training import models
-    from components.training.train import train_classifier
+    from benchmarks.synthetic import biased_tabular
+    from distillery.components.core import models, registry
+    from distillery.components.core.train import train_classifier
+    from distillery.components.distillation.hinton_kd import make_student
+    from distillery.components.evaluation.fairness import fairness_gaps
 
     x, y, s, meta = biased_tabular()
     train, test = np.arange(1500), np.arange(1500, len(y))
@@ -362,7 +357,8 @@ def fairness(seeds: int) -> dict:
     for seed in range(seeds):
         teacher = train_classifier(x[train], y[train], meta, *FAIR["teacher"], FAIR["teacher_epochs"],
                                    FAIR["train"]["lr"], 64, seed)
-        for name, extra in (("hinton_kd", {}), ("reliant", {"sensitive": s[train], "bias_weight": FAIR["bias_weight"]})):
+        for name, extra in (("hinton_kd", {}),
+                            ("reliant", {"sensitive": s[train], "bias_weight": FAIR["bias_weight"]})):
             student = make_student(FAIR["student"][0], meta, FAIR["student"][1], seed)
             model = registry.get("distillation", name).load()(teacher, student, x[labelled], y[labelled], x[pool],
                                                               seed=seed, **FAIR["train"], **extra)

@@ -2,7 +2,7 @@
 
 Each stage does exactly the work its pipeline task does, with the default config's parameters
 (``pipelines/configs/default.yaml``), inside the placement a task would give it
-(:func:`components.devices.placed`): the model on the device, the data streamed to it batch by
+(:func:`distillery.components.core.devices.placed`): the model on the device, the data streamed to it batch by
 batch or chunk by chunk.
 
 * **training**: the teacher (``small_cnn``, 30 epochs) on the final round's labelled set
@@ -19,8 +19,8 @@ accuracy of teacher and student) are reported beside them, so a faster device th
 would show. Speed-up = CPU seconds / CUDA seconds. Without a GPU the result holds the CPU column
 and says so.
 
-    python benchmarks/gpu_stages.py                 # ~10 min on 2 CPU cores, about 1 min more on a GPU
-    python benchmarks/gpu_stages.py --pool 100000 --output /tmp/gpu_stages.json   # shorter
+    python -m benchmarks.gpu_stages                 # ~10 min on 2 CPU cores, about 1 min more on a GPU
+    python -m benchmarks.gpu_stages --pool 100000 --output /tmp/gpu_stages.json   # shorter
 """
 from __future__ import annotations
 
@@ -40,8 +40,6 @@ STAGES = ("training", "distillation", "selection")
 
 
 def main(argv: list[str] | None = None) -> int:
-    if str(ROOT) not in sys.path:  # `python benchmarks/gpu_stages.py` puts benchmarks/ first
-        sys.path.insert(0, str(ROOT))
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pool", type=int, default=1_000_000, help="selection pool size (default: %(default)s)")
     parser.add_argument("--output", type=Path, default=RESULTS / "gpu_stages.json")
@@ -59,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
 def placements() -> list:
     import torch
 
-    from components import devices
+    from distillery.components.core import devices
 
     found = [devices.resolve("cpu")]
     if torch.cuda.is_available():
@@ -72,7 +70,7 @@ def placements() -> list:
 def benchmark(pool_size: int) -> dict:
     import torch
 
-    from pipelines.config import DEFAULT_CONFIG, load_config
+    from distillery.pipelines.config import DEFAULT_CONFIG, load_config
 
     config = load_config(DEFAULT_CONFIG)
     data = _default_data(config)
@@ -104,8 +102,8 @@ def benchmark(pool_size: int) -> dict:
 
 def _default_data(config: dict) -> dict:
     """MNIST 5,000 split as the default pipeline splits it: test rows, the final labelled set, the rest."""
-    from components import registry
-    from components.datasets import read_dataset
+    from distillery.components.core import registry
+    from distillery.components.core.datasets import read_dataset
 
     features, labels, meta = read_dataset(str(ROOT), config["data"]["path"])
     split = registry.get("split", config["split"]["method"]).load()
@@ -119,10 +117,10 @@ def _default_data(config: dict) -> dict:
 
 
 def run_stages(config: dict, data: dict, pool_size: int, placement) -> dict:
-    from components import devices, registry
-    from components.distillation.hinton_kd import make_student
-    from components.selection.pool import Pool
-    from components.training.train import accuracy, train_classifier
+    from distillery.components.core import devices, registry
+    from distillery.components.core.train import accuracy, train_classifier
+    from distillery.components.distillation.hinton_kd import make_student
+    from distillery.components.selection.pool import Pool
 
     x, y, meta = data["features"], data["labels"], data["meta"]
     lab, unl, test = data["labelled"], data["unlabelled"], data["test"]

@@ -1,12 +1,12 @@
 """How long the project image takes to build: cold, and after a code-only change.
 
-Builds what ``make image`` builds (:func:`pipelines.podman.build_image`: buildah, the Debian base
+Builds what ``make image`` builds (:func:`distillery.pipelines.podman.build_image`: buildah, the Debian base
 made with mmdebstrap, torch from the local wheel folder, every other package from PyPI) in a fresh
 container store (``DISTILLERY_CONTAINERS_HOME`` in a temporary folder, so nothing is cached and the
 user's images are untouched), from a copy of this checkout's committed files. Then one line of one
 module changes in that copy and the image is built again: only the code's layers may rebuild.
 
-    python benchmarks/image_build.py        # ~4-5 min on 2 cores (most of it pip downloading)
+    python -m benchmarks.image_build        # ~4-5 min on 2 cores (most of it pip downloading)
 """
 from __future__ import annotations
 
@@ -23,12 +23,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
-CHANGED = "components/tracking.py"  # the code-only change: a comment appended to one module
+CHANGED = "components/core/tracking.py"  # the code-only change: a comment appended to one module
 
 
 def main(argv: list[str] | None = None) -> int:
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output", type=Path, default=RESULTS / "image_build.json")
     args = parser.parse_args(argv)
@@ -42,8 +40,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def benchmark(tmp: Path) -> dict:
-    from components.images import IMAGE
-    from pipelines import podman
+    from distillery.components.core.images import IMAGE
+    from distillery.pipelines import podman
 
     source = tmp / "source"
     _export_checkout(source)

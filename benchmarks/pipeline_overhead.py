@@ -11,8 +11,8 @@ Beside it, in the same run, the floors a user would compare with:
 * ``python -c pass``: the cost of any subprocess-per-task runner;
 * ``python -c "import kfp.dsl.executor_main"``: what kfp.local's executor imports before any task code;
 * ``python -c "import mlflow, torch"``: the heavy libraries a task imports;
-* ``python -c "import components.tracking, components.datasets"``: our task modules' import cost
-  before their lazy imports (should stay near the interpreter start);
+* ``python -c "import distillery.components.core.tracking, distillery.components.core.datasets"``:
+  our task modules' import cost before their lazy imports (should stay near the interpreter start);
 * connecting to the (already initialised) MLflow store from a fresh interpreter, as each task does;
 * the sum of ``work_s``: the same method work run in one process, i.e. no orchestration at all.
 
@@ -24,8 +24,8 @@ machine without podman or the image); the result then says so.
 The MLflow store is a fresh SQLite file in a temporary folder (never the user's store); its schema
 is created before the timed run, as it is for every run after a user's first.
 
-    python benchmarks/pipeline_overhead.py            # default config (~3 min on 2 cores)
-    python benchmarks/pipeline_overhead.py --quick    # tests/configs/tiny.yaml
+    python -m benchmarks.pipeline_overhead            # default config (~3 min on 2 cores)
+    python -m benchmarks.pipeline_overhead --quick    # tests/configs/tiny.yaml
 """
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ FLOORS = {  # summary key -> code run by a fresh interpreter
     "floor_import_kfp_executor_s": "import kfp.dsl.executor_main",
     "floor_import_mlflow_torch_s": "import mlflow, torch",
     "floor_import_mlflow_s": "import mlflow",
-    "floor_import_task_modules_s": "import components.tracking, components.datasets",
+    "floor_import_task_modules_s": "import distillery.components.core.tracking, distillery.components.core.datasets",
     # what every task does first in MLflow: connect to the store, find the experiment (no run opened)
     "floor_mlflow_store_connect_s": "import mlflow, os; mlflow.MlflowClient(os.environ['MLFLOW_TRACKING_URI'])"
                                     ".search_experiments(max_results=1)",
@@ -57,9 +57,7 @@ FLOORS = {  # summary key -> code run by a fresh interpreter
 
 
 def main(argv: list[str] | None = None) -> int:
-    if str(ROOT) not in sys.path:  # `python benchmarks/pipeline_overhead.py` puts benchmarks/ first
-        sys.path.insert(0, str(ROOT))
-    from pipelines.config import DEFAULT_CONFIG
+    from distillery.pipelines.config import DEFAULT_CONFIG
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="pipeline config (default: %(default)s)")
@@ -70,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runners", default="subprocess,container",
                         help="runners to measure, comma-separated (default: %(default)s)")
     parser.add_argument("--output", type=Path, help="result JSON (default: benchmarks/results/"
-                                                    "pipeline_overhead.json, pipeline_overhead_quick.json with --quick)")
+                                                    "pipeline_overhead.json, "
+                                                    "pipeline_overhead_quick.json with --quick)")
     args = parser.parse_args(argv)
     config_path = QUICK_CONFIG if args.quick else Path(args.config)
     output = args.output or RESULTS / ("pipeline_overhead_quick.json" if args.quick else "pipeline_overhead.json")
@@ -87,16 +86,16 @@ def main(argv: list[str] | None = None) -> int:
 
 def benchmark(config_path: Path, rounds: int | None, runners: list[str] = ("subprocess",),
               floor_runs: int = FLOOR_RUNS) -> dict:
-    from pipelines.cli import RUNNERS
-    from pipelines.config import load_config
-    from pipelines.runtime import project_root, run_context
+    from distillery.pipelines.cli import RUNNERS
+    from distillery.pipelines.config import load_config
+    from distillery.pipelines.runtime import project_root, run_context
 
     if "subprocess" not in runners or set(runners) - set(RUNNERS):
         raise SystemExit(f"--runners must include subprocess and name only {list(RUNNERS)}, got {runners}")
     image = None
     if "container" in runners:
-        from components.images import IMAGE
-        from pipelines.podman import ContainerError, inspect_image
+        from distillery.components.core.images import IMAGE
+        from distillery.pipelines.podman import ContainerError, inspect_image
 
         try:
             image = inspect_image(IMAGE)
@@ -158,9 +157,9 @@ def _rounded(summary: dict) -> dict:
 def _measure(config: dict, ctx, root: Path, client, image) -> tuple[list[dict], dict]:
     """One real run of ``config`` (in ``image`` when given, else as subprocesses): per-task wall,
     work and overhead, and the run's summary."""
-    from pipelines.cli import execute_locally
-    from pipelines.config import task_names
-    from pipelines.progress import TaskProgress
+    from distillery.pipelines.config import task_names
+    from distillery.pipelines.local_run import execute_locally
+    from distillery.pipelines.progress import TaskProgress
 
     progress = TaskProgress(len(task_names(config)))
     started = time.perf_counter()
@@ -251,7 +250,8 @@ def print_result(result: dict) -> None:
         ("  import kfp.dsl.executor_main", f"{s['floor_import_kfp_executor_s']:8.2f} s"),
         ("  import mlflow, torch", f"{s['floor_import_mlflow_torch_s']:8.2f} s"),
         ("  import mlflow", f"{s['floor_import_mlflow_s']:8.2f} s"),
-        ("  import components.tracking, components.datasets", f"{s['floor_import_task_modules_s']:8.2f} s"),
+        ("  import distillery.components.core.tracking, distillery.components.core.datasets",
+         f"{s['floor_import_task_modules_s']:8.2f} s"),
         ("  import mlflow + connect to the SQLite store", f"{s['floor_mlflow_store_connect_s']:8.2f} s"),
     ]
     container = result.get("container")
@@ -263,7 +263,8 @@ def print_result(result: dict) -> None:
                                      "runner's)"),
             ("  per-task overhead (sum)", f"{c['sum_overhead_s']:8.2f} s  ({100 * c['overhead_share']:.1f}% of wall)"),
             ("  per-task overhead median / max", f"{c['median_overhead_s']:8.2f} / {c['max_overhead_s']:.2f} s  "
-                                                 f"({c['median_overhead_vs_subprocess_s']:+.2f} s median vs subprocess)"),
+                                                 f"({c['median_overhead_vs_subprocess_s']:+.2f} s median "
+                                                 "vs subprocess)"),
         ]
     else:
         rows.append(("container runner", "not measured (--runners subprocess)"))

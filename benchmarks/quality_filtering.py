@@ -22,8 +22,8 @@ best did too. Finally the curation step itself (``quality_filter`` with ``score=
 own 20% held-out validation split of the noisy training data) is run at each budget and its pick
 reported.
 
-    python benchmarks/quality_filtering.py            # ~3-4 min on 2 busy cores
-    python benchmarks/quality_filtering.py --quick    # 1,000 training items, 1 seed, 3 budgets (~20 s)
+    python -m benchmarks.quality_filtering            # ~3-4 min on 2 busy cores
+    python -m benchmarks.quality_filtering --quick    # 1,000 training items, 1 seed, 3 budgets (~20 s)
 """
 from __future__ import annotations
 
@@ -43,15 +43,14 @@ BUDGETS = (1000, 2000, 4000, 8000, 16000, 32000)
 
 
 def main(argv: list[str] | None = None) -> int:
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="1,000 training items, 1 seed, 3 budgets")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--output", type=Path, default=RESULTS / "quality_filtering.json")
     args = parser.parse_args(argv)
-    from _results import machine_info, write_result
     from threadpoolctl import threadpool_limits
+
+    from benchmarks._results import machine_info, write_result
 
     started, load_before = time.perf_counter(), os.getloadavg()[0]
     with threadpool_limits(1):
@@ -82,7 +81,7 @@ def noisy_buckets(train_size: int, seed: int = 0):
 
 
 def run(train_size: int, seeds: int, budgets) -> dict:
-    from components.curation import quality_filter as qf
+    from distillery.components.curation_step import quality_filter as qf
 
     features, x, clean, noisy, buckets, test = noisy_buckets(train_size)
     classes = np.arange(10)
@@ -95,7 +94,8 @@ def run(train_size: int, seeds: int, budgets) -> dict:
     observations = []
     for rows in buckets:
         checkpoints = np.unique(np.round(np.asarray(FIT_PASSES) * len(rows)).astype(int))
-        observations.append([(float(c), float(len(rows)), float(e)) for c, e in zip(checkpoints, curve(rows, checkpoints))])
+        observations.append([(float(c), float(len(rows)), float(e))
+                             for c, e in zip(checkpoints, curve(rows, checkpoints))])
     laws, fit_loss = qf.fit_laws(observations)
     fit_seconds = time.perf_counter() - t0
     sizes = [len(b) for b in buckets]
@@ -110,9 +110,11 @@ def run(train_size: int, seeds: int, budgets) -> dict:
     rows = []
     for j, n in enumerate(budgets):
         pick, best = int(np.argmin(predicted[j])), int(np.argmin(measured[j]))
-        rows.append({"budget": int(n), "predicted": predicted[j].round(4).tolist(), "measured": measured[j].round(4).tolist(),
+        rows.append({"budget": int(n), "predicted": predicted[j].round(4).tolist(),
+                     "measured": measured[j].round(4).tolist(),
                      "predicted_pick": f"top{pick + 1}", "measured_best": f"top{best + 1}",
-                     "measured_error_of_pick": float(measured[j, pick]), "measured_error_best": float(measured[j, best]),
+                     "measured_error_of_pick": float(measured[j, pick]),
+                     "measured_error_best": float(measured[j, best]),
                      "measured_error_keep_all": float(measured[j, -1]),
                      "measured_error_cleanest_only": float(measured[j, 0]), "step_pick": step_picks[j]})
     fitted_max = max(s for obs in observations for s, _, _ in obs)
@@ -120,8 +122,10 @@ def run(train_size: int, seeds: int, budgets) -> dict:
         "benchmark": "quality_filtering", "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "setup": {"train_items": int(sum(sizes)), "test_items": len(test), "bucket_noise": list(NOISE),
                   "bucket_sizes": sizes, "fit_passes": list(FIT_PASSES), "seeds": seeds,
-                  "largest_small_run_samples": fitted_max, "model": "SGDClassifier(log_loss), constant step 1e-3, L2 1e-3"},
-        "laws": [{"bucket_noise": NOISE[i], **laws[i].as_dict(), "small_runs": observations[i]} for i in range(len(laws))],
+                  "largest_small_run_samples": fitted_max,
+                  "model": "SGDClassifier(log_loss), constant step 1e-3, L2 1e-3"},
+        "laws": [{"bucket_noise": NOISE[i], **laws[i].as_dict(), "small_runs": observations[i]}
+                 for i in range(len(laws))],
         "mix_order_by_b": [NOISE[i] for i in order], "fit_squared_error": fit_loss,
         "budgets": rows,
         "summary": {
@@ -130,8 +134,10 @@ def run(train_size: int, seeds: int, budgets) -> dict:
                                            "step": len(set(step_picks)) > 1},
             "predicted_picks": [r["predicted_pick"] for r in rows], "measured_best": [r["measured_best"] for r in rows],
             "picks_matching_measured_best": sum(r["predicted_pick"] == r["measured_best"] for r in rows),
-            "mean_regret_of_pick": float(np.mean([r["measured_error_of_pick"] - r["measured_error_best"] for r in rows])),
-            "mean_regret_keep_all": float(np.mean([r["measured_error_keep_all"] - r["measured_error_best"] for r in rows])),
+            "mean_regret_of_pick": float(np.mean([r["measured_error_of_pick"] - r["measured_error_best"]
+                                                  for r in rows])),
+            "mean_regret_keep_all": float(np.mean([r["measured_error_keep_all"] - r["measured_error_best"]
+                                                   for r in rows])),
             "mean_regret_cleanest_only": float(np.mean([r["measured_error_cleanest_only"] - r["measured_error_best"]
                                                         for r in rows])),
             "extrapolated_budgets": [int(n) for n in budgets if n > fitted_max],
@@ -143,8 +149,8 @@ def run(train_size: int, seeds: int, budgets) -> dict:
 
 def step_choices(features, noisy, buckets, budgets) -> list[str]:
     """The curation step's own pick per budget, from the quality score of each training item."""
-    from components.curation.quality_filter import quality_filter
-    from components.datasets import LabelledData
+    from distillery.components.core.datasets import LabelledData
+    from distillery.components.curation_step.quality_filter import quality_filter
 
     rows = np.concatenate(buckets)
     quality = np.concatenate([np.full(len(b), -rate) for b, rate in zip(buckets, NOISE)])
@@ -171,7 +177,8 @@ def print_result(result: dict) -> None:
           f"step {changes['step']}; predicted pick = measured best at {summary['picks_matching_measured_best']} of "
           f"{len(result['budgets'])} budgets")
     print(f"mean regret (measured error above the best mix): law's pick {summary['mean_regret_of_pick']:.4f}, "
-          f"keep all {summary['mean_regret_keep_all']:.4f}, cleanest bucket only {summary['mean_regret_cleanest_only']:.4f}")
+          f"keep all {summary['mean_regret_keep_all']:.4f}, "
+          f"cleanest bucket only {summary['mean_regret_cleanest_only']:.4f}")
     print(f"mean |predicted - measured| error: {summary['mean_abs_prediction_error']:.4f}; budgets beyond the "
           f"largest small run ({setup['largest_small_run_samples']:.0f}): {summary['extrapolated_budgets']}")
 

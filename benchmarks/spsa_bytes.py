@@ -1,9 +1,9 @@
 """Bytes each worker sends per step: shared-randomness SPSA (one byte per projected gradient) vs a
 full fp32 gradient exchange of the same model.
 
-For the MNIST MLP and the small CNN of ``components.training.models`` it fine-tunes, for real, a base
+For the MNIST MLP and the small CNN of ``distillery.components.core.models`` it fine-tunes, for real, a base
 model (briefly trained on 100 labels) with 2 worker processes over torch.distributed (gloo), and reads
-each worker's byte counters (:class:`components.training.spsa.ByteCounter`): what it handed to
+each worker's byte counters (:class:`distillery.components.training.spsa.workers.ByteCounter`): what it handed to
 ``all_gather`` per round. Beside them, what a data-parallel step exchanges per worker: the fp32
 gradient, ``4 × parameters`` bytes (the tensor DDP's all-reduce is given, counted the same way).
 
@@ -15,8 +15,8 @@ gradient, ``4 × parameters`` bytes (the tensor DDP's all-reduce is given, count
 Counts are at the collective API, as for the full gradient; gloo's framing and relaying are not
 included on either side.
 
-    python benchmarks/spsa_bytes.py            # MLP 200 rounds, CNN 20 rounds (~1 min on 2 cores)
-    python benchmarks/spsa_bytes.py --quick    # fewer rounds
+    python -m benchmarks.spsa_bytes            # MLP 200 rounds, CNN 20 rounds (~1 min on 2 cores)
+    python -m benchmarks.spsa_bytes --quick    # fewer rounds
 """
 from __future__ import annotations
 
@@ -37,8 +37,6 @@ MODELS = {"mlp": (200, 1e-2), "small_cnn": (20, 2e-3)}
 
 
 def main(argv: list[str] | None = None) -> int:
-    if str(ROOT) not in sys.path:  # `python benchmarks/spsa_bytes.py` puts benchmarks/ first
-        sys.path.insert(0, str(ROOT))
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a tenth of the rounds")
     parser.add_argument("--samples-per-worker", type=int, default=8, help="projected gradients per worker per round")
@@ -76,16 +74,16 @@ def measure(arch: str, rounds: int, lr: float, samples_per_worker: int) -> dict:
     """One real 2-process SPSA fine-tuning of ``arch``; its measured byte counters and losses."""
     import torch
 
-    from components.training import spsa
-    from components.training.models import predict_proba
+    from benchmarks.spsa_mnist import load_mnist, prepare_mnist_job
+    from distillery.components.core.models import predict_proba
+    from distillery.components.training import spsa
 
     config = spsa.SPSAConfig(samples_per_worker=samples_per_worker, lr=lr, eval_every=max(rounds // 4, 1))
     with tempfile.TemporaryDirectory(prefix="spsa-bench-") as tmp:
-        job, held_out = spsa.prepare_mnist_job(ROOT / "data" / "mnist", tmp, arch=arch, n_shards=WORKERS,
-                                               config=config)
+        job, held_out = prepare_mnist_job(ROOT / "data" / "mnist", tmp, arch=arch, n_shards=WORKERS, config=config)
         print(f"{arch}: {WORKERS} workers x {rounds} rounds ...", flush=True)
         run = spsa.launch([spsa.Epoch(rounds, tuple(range(WORKERS)))], job)
-        x, y = spsa.load_mnist(ROOT / "data" / "mnist")
+        x, y = load_mnist(ROOT / "data" / "mnist")
         base, finetuned = job.model_fn(0, True), job.model_fn(0, True)
         finetuned.load_state_dict(torch.load(run.workers[0].state_path, weights_only=True))
         accuracy = {name: float((predict_proba(model, x[held_out]).argmax(-1).numpy() == y[held_out]).mean())

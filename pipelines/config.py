@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from components import registry
+from distillery.components.core import registry
 
 PIPELINE_STAGES = ("curation", "split", "selection", "labelling", "training", "distillation", "evaluation")
 # The two pipelines a config can describe (top-level key `pipeline`):
@@ -26,7 +26,7 @@ TOP_LEVEL = {"name", "description", "seed", "experiment", "data", "pipeline", "r
              "device", "precision", *PIPELINE_STAGES}
 STAGE_KEYS = {"method", "params"}
 # Stages that run torch take `device` (auto | cpu | cuda) and `precision` (fp32 | bf16); the
-# top-level keys of the same names are their default (components/devices.py).
+# top-level keys of the same names are their default (components/core/devices.py).
 PLACEMENT_KEYS = {"device", "precision"}
 EXTRA_STAGE_KEYS = {"selection": {"rounds", "batch_size", *PLACEMENT_KEYS}, "curation": {"steps"},
                     "training": PLACEMENT_KEYS, "distillation": PLACEMENT_KEYS, "evaluation": PLACEMENT_KEYS}
@@ -104,7 +104,10 @@ def validate_config(raw: Any, source: str = "config") -> dict[str, Any]:
         _check_ranges(step["params"], f"{source}: curation.steps[{i}].params")
     evaluation = config["evaluation"]
     if evaluation["method"] == "classification":  # a gate or metric nobody computes fails here
-        from components.evaluation.gate import EVALUATION_METRICS, validate_config_gate
+        from distillery.components.evaluation.gate import (
+            EVALUATION_METRICS,
+            validate_config_gate,
+        )
 
         try:
             evaluation["params"]["gate"] = validate_config_gate(evaluation["params"]["gate"])
@@ -114,7 +117,7 @@ def validate_config(raw: Any, source: str = "config") -> dict[str, Any]:
             raise ConfigError(f"{source}: evaluation.params.metric {evaluation['params']['metric']!r} is not a metric "
                               f"the evaluation computes; use one of {list(EVALUATION_METRICS[:3])}")
     if "cluster" in config:
-        from pipelines.cluster import ClusterConfigError, validate_cluster
+        from distillery.pipelines.cluster import ClusterConfigError, validate_cluster
 
         try:
             config["cluster"] = validate_cluster(config["cluster"], stages)
@@ -126,7 +129,7 @@ def validate_config(raw: Any, source: str = "config") -> dict[str, Any]:
 def _placements(config: dict[str, Any], stages: tuple[str, ...], source: str) -> None:
     """Every torch stage gets its ``device`` and ``precision`` (its own, else the top-level ones,
     else auto / fp32), checked here; whether CUDA is there is checked where the stage runs."""
-    from components.devices import DeviceError, check_spec
+    from distillery.components.core.devices import DeviceError, check_spec
 
     config.setdefault("device", "auto")
     config.setdefault("precision", "fp32")
@@ -174,15 +177,16 @@ def check_against_data(config: dict[str, Any], labels, meta: dict, source: str =
         wanted = selection["rounds"] * selection["batch_size"]
         if wanted > len(pool):
             raise ConfigError(f"{source}: selection asks for {selection['rounds']} rounds x batch_size "
-                              f"{selection['batch_size']} = {wanted} labels, but the split leaves {len(pool)} unlabelled "
-                              f"items of {len(labels)} in {config['data']['path']}: lower rounds or batch_size")
+                              f"{selection['batch_size']} = {wanted} labels, but the split leaves {len(pool)} "
+                              f"unlabelled items of {len(labels)} in {config['data']['path']}: "
+                              "lower rounds or batch_size")
     for stage, arch, kwargs in _architectures(config):
         _check_architecture(arch, kwargs, meta, f"{source}: {stage}")
 
 
 def _architectures(config: dict[str, Any]) -> list[tuple[str, str, dict]]:
     """``(stage, architecture, its keywords)`` of the models a config builds from the model zoo."""
-    from components.training.models import ARCHITECTURES
+    from distillery.components.core.models import ARCHITECTURES
 
     found = []
     training = config["training"]
@@ -194,14 +198,14 @@ def _architectures(config: dict[str, Any]) -> list[tuple[str, str, dict]]:
         found.append((f"training.method {training['method']}", training["method"], kwargs))
     distillation = config["distillation"]["params"]
     if "student" in distillation:
-        from components.distillation.tasks import student_arch_kwargs
+        from distillery.components.distillation.tasks import student_arch_kwargs
 
         found.append(("distillation.params.student", distillation["student"], student_arch_kwargs(distillation)))
     return found
 
 
 def _check_architecture(arch: str, kwargs: dict, meta: dict, where: str) -> None:
-    from components.training import models
+    from distillery.components.core import models
 
     if arch not in models.ARCHITECTURES:
         raise ConfigError(f"{where}: unknown architecture {arch!r}; the model zoo has {sorted(models.ARCHITECTURES)}")
@@ -218,9 +222,6 @@ def _resolve(stage: str, section: dict, where: str) -> dict[str, Any]:
         params = method.resolve_params(section.get("params"))
     except (registry.UnknownMethodError, ValueError) as exc:
         raise ConfigError(f"{where}: {exc}") from None
-    if method.standalone:
-        raise ConfigError(f"{where}: {stage} method {method.name!r} is a standalone component ({method.component}), "
-                          "not a pipeline step; run it on its own")
     return params
 
 
@@ -264,7 +265,8 @@ def task_names(config: dict[str, Any]) -> list[str]:
     def name(stage: str, round_index: int | None = None) -> str:
         return registry.task_name(stage, config[stage]["method"], round_index)
 
-    curation = [name("curation")] + [registry.task_name("curation_step", s["method"]) for s in config["curation"]["steps"]]
+    curation = [name("curation")] + [registry.task_name("curation_step", s["method"])
+                                     for s in config["curation"]["steps"]]
     if config["pipeline"] == "retraining":
         return [RETRAINING_CHECK_TASK, *curation, name("split"), name("training", 0), name("distillation"),
                 name("evaluation")]

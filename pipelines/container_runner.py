@@ -1,5 +1,5 @@
 """``distillery run --runner container``: every task in the project's image, under kfp.local's
-DockerRunner talking to podman's Docker-compatible API (:mod:`pipelines.podman`).
+DockerRunner talking to podman's Docker-compatible API (:mod:`distillery.pipelines.podman`).
 
 A containerized task sees what a host task sees, at the same paths: the data repository (git,
 ``data.dvc``, the DVC cache), the kfp.local pipeline root (its artifacts) and, for a SQLite
@@ -7,7 +7,7 @@ tracking store, the store's folder; it shares the host's network, so an MLflow s
 PostgreSQL on localhost is reachable too. It runs as the invoking user, so files it writes in those
 folders stay the user's. Each task's MLflow run is tagged with the image it ran in
 (``distillery.image``, ``distillery.image_id``, ``distillery.image_digest``: see
-:mod:`components.tracking`).
+:mod:`distillery.components.core.tracking`).
 
 One incompatibility is worked around here: kfp (``kfp/local/docker_task_handler.py``) starts
 containers with ``auto_remove`` and then asks for the removed container, which podman 4 answers
@@ -17,11 +17,12 @@ with HTTP 500 instead of 404, so the task fails. :func:`run_container` is kfp's 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from pipelines.podman import ImageInfo
+from distillery.pipelines.podman import ImageInfo
 
 # Environment a task container gets from the host when set there.
 PASSED_ENV = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN",
@@ -99,7 +100,7 @@ def container_runner(ctx, pipeline_root: Path, image: ImageInfo) -> Iterator[Any
     from kfp import local
     from kfp.local import docker_task_handler
 
-    from pipelines.podman import docker_api
+    from distillery.pipelines.podman import docker_api
 
     with docker_api() as url:
         before = os.environ.get("DOCKER_HOST")

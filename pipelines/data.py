@@ -10,12 +10,18 @@ from __future__ import annotations
 import contextlib
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
-from components.datasets import DATA_DVC, build_mnist, data_version, data_version_of, write_dataset
+from distillery.components.core.datasets import (
+    DATA_DVC,
+    build_mnist,
+    data_version,
+    data_version_of,
+    write_dataset,
+)
 
 DEFAULT_DATASET = "mnist"
 LABELS = "labels"  # data/labels/<dataset>/<name>.json: human label sets (pipelines/labels.py)
@@ -67,10 +73,10 @@ def materialize(root: Path, log=print) -> str:
 
 def add_dataset(root: Path, source: Path, name: str, label_column: str = "label",
                 replace: bool = False, log=print, labels_file: Path | None = None) -> Path:
-    """Validate ``source`` (:mod:`pipelines.sources`: an image folder, a table, an ``.npy`` pair or
+    """Validate ``source`` (:mod:`distillery.pipelines.sources`: an image folder, a table, an ``.npy`` pair or
     a dataset folder) and version it with DVC as ``data/<name>``; returns the folder."""
-    from components.curation.validation import validate
-    from pipelines.sources import check_values, load_source
+    from distillery.components.curation.validation import validate
+    from distillery.pipelines.sources import check_values, load_source
 
     if not name.replace("-", "").replace("_", "").isalnum():
         raise ValueError(f"dataset name {name!r}: use letters, digits, '-' and '_' only")
@@ -145,7 +151,7 @@ def publish(root: Path, target: Path, write: Callable[[Path], None]) -> None:
 
     from dvc.exceptions import DvcException
 
-    from pipelines.faults import fault_point
+    from distillery.pipelines.faults import fault_point
 
     with publish_lock(root):
         recover_interrupted_publish(root)
@@ -264,7 +270,7 @@ def distil_data(root: Path, source: str, target: str, ipc: int, replace: bool = 
     Every argument is checked, and ``data/`` must match ``data.dvc``, before the distillation runs;
     the result enters ``data/`` only through :func:`publish`, so a failure leaves ``data.dvc`` and
     every existing version as they were. ``dm_params`` go to
-    :func:`components.distillation.dataset_dm.distil_dataset`.
+    :func:`distillery.components.dataset_distillation.distribution_matching.distil_dataset`.
     """
     folder = (root / target).resolve()
     data_dir = (root / "data").resolve()
@@ -278,8 +284,10 @@ def distil_data(root: Path, source: str, target: str, ipc: int, replace: bool = 
         raise FileExistsError(f"{folder} already exists; pass --replace to make a new version of it")
     if not is_up_to_date(root):
         raise RuntimeError(f"data/ does not match {DATA_DVC} (see `dvc status`): commit or undo those changes first")
-    from components.datasets import LabelledData, read_dataset
-    from components.distillation.dataset_dm import distil_dataset  # torch: only once the cheap checks passed
+    from distillery.components.core.datasets import LabelledData, read_dataset
+    from distillery.components.dataset_distillation.distribution_matching import (
+        distil_dataset,  # torch: only once the cheap checks passed
+    )
 
     features, labels, meta = read_dataset(str(root), source)
     data = LabelledData(features, labels, np.arange(len(labels)), meta)
@@ -312,11 +320,11 @@ def curate_data(root: Path, method: str, params: str | None, source: str, target
     """
     import json
 
-    from components import registry
-    from components.curation.provenance import apply_step
-    from components.curation.validation import validate
-    from components.datasets import LabelledData, read_dataset
-    from components.tracking import RunContext
+    from distillery.components.core import registry
+    from distillery.components.core.datasets import LabelledData, read_dataset
+    from distillery.components.core.provenance import apply_step
+    from distillery.components.core.tracking import RunContext
+    from distillery.components.curation.validation import validate
 
     folder = (root / target).resolve()
     if folder.parent != (root / "data").resolve() or not folder.name.replace("-", "").replace("_", "").isalnum():

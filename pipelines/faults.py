@@ -1,4 +1,4 @@
-"""Named points where the fault-injection tests (tests/test_faults.py) kill the process.
+"""Named points where the fault-injection tests (tests/pipelines/test_faults.py) kill the process.
 
 ``DISTILLERY_FAULT=<point>`` in the environment makes :func:`fault_point` of that name SIGKILL the
 running process, as an OOM kill or a power cut would stop it, so the tests can check what the next

@@ -3,7 +3,7 @@ DVC-versioned label set ``data/labels/<dataset>/<name>.json``.
 
 An import is validated completely (every task, every id, every class, conflicts with the labels the
 set already has) before anything is written; then it enters ``data/`` the same way a new dataset
-does (:func:`pipelines.data.publish`: staged, renamed into place, ``dvc add data``, ``dvc push``).
+does (:func:`distillery.pipelines.data.publish`: staged, renamed into place, ``dvc add data``, ``dvc push``).
 """
 from __future__ import annotations
 
@@ -13,10 +13,17 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from components.datasets import DATA_DVC, data_version, read_dataset
-from components.selection.labelstudio import (ConflictingLabels, export_tasks, import_export, label_set_json,
-                                              label_set_path, labelling_config, parse_label_set)
-from pipelines.data import publish
+from distillery.components.core.datasets import DATA_DVC, data_version, read_dataset
+from distillery.components.labelling.labelstudio import (
+    ConflictingLabels,
+    export_tasks,
+    import_export,
+    label_set_json,
+    label_set_path,
+    labelling_config,
+    parse_label_set,
+)
+from distillery.pipelines.data import publish
 
 
 def _dataset_path(dataset: str) -> str:
@@ -66,8 +73,9 @@ def import_labels(root: Path, export_file: Path, dataset: str, name: str, log=pr
 
 def selected_from_run(run_id: str, tracking_uri: str) -> dict:
     """The ``selected_ids.json`` a selection task logged to MLflow run ``run_id``."""
-    import mlflow
     from mlflow.exceptions import MlflowException
+
+    import mlflow
 
     with tempfile.TemporaryDirectory() as tmp:
         try:

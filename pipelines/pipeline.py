@@ -1,4 +1,4 @@
-"""The Distillery pipelines, assembled from a config: one registered component per stage.
+"""The Distillery pipelines, assembled from a config: one registered method's component per stage.
 
 ``pipeline: active_learning`` (the default)::
 
@@ -21,8 +21,8 @@ from typing import Any
 
 from kfp import dsl
 
-from components import registry
-from pipelines.config import KIND_STAGES, task_names
+from distillery.pipelines.components import method_component
+from distillery.pipelines.config import KIND_STAGES, task_names
 
 
 def build_pipeline(config: dict[str, Any], context_json: str, for_cluster: bool = False):
@@ -31,9 +31,9 @@ def build_pipeline(config: dict[str, Any], context_json: str, for_cluster: bool 
     of ``config['cluster']`` (Secrets, DVC remote, queue, GPU placement) to each task."""
     kind = config["pipeline"]
     stages = KIND_STAGES[kind]
-    component = {stage: registry.get(stage, config[stage]["method"]).load_component() for stage in stages}
+    component = {stage: method_component(stage, config[stage]["method"]) for stage in stages}
     params = {stage: json.dumps(config[stage]["params"], sort_keys=True) for stage in stages}
-    steps = [(registry.get("curation_step", s["method"]).load_component(), json.dumps(s["params"], sort_keys=True))
+    steps = [(method_component("curation_step", s["method"]), json.dumps(s["params"], sort_keys=True))
              for s in config["curation"]["steps"]]
     cluster = _cluster_settings(config, stages) if for_cluster else None
     names = iter(task_names(config))
@@ -42,10 +42,12 @@ def build_pipeline(config: dict[str, Any], context_json: str, for_cluster: bool 
                   "Curate, select (active learning), train, distil, evaluate")
     def pipeline(context: str = context_json):
         def add(stage: str, comp, stage_params: str, run_context, **inputs):
+            if "method" in comp.component_spec.inputs:  # a method's component: the name is in the spec too
+                inputs["method"] = comp.component_spec.inputs["method"].default
             task = comp(context=run_context, run_key=dsl.PIPELINE_JOB_ID_PLACEHOLDER, params=stage_params, **inputs)
             task.set_display_name(next(names)).set_caching_options(False)
             if cluster is not None:
-                from pipelines.cluster import apply_task_settings
+                from distillery.pipelines.cluster import apply_task_settings
 
                 apply_task_settings(task, stage, cluster)
             return task
@@ -65,8 +67,8 @@ def build_pipeline(config: dict[str, Any], context_json: str, for_cluster: bool 
             task("evaluation", run_context, teacher=teacher, student=student, **data)
 
         if kind == "retraining":
-            from components.evaluation.component import check_retraining
-            from components.evaluation.tasks import SKIP
+            from distillery.components.core.tracking import SKIP
+            from distillery.components.evaluation.component import check_retraining
 
             check = add("check", check_retraining, json.dumps(config["retraining"], sort_keys=True), context)
             with dsl.If(check.output != SKIP, name="retrain"):
@@ -93,6 +95,6 @@ def build_pipeline(config: dict[str, Any], context_json: str, for_cluster: bool 
 
 
 def _cluster_settings(config: dict[str, Any], stages: tuple[str, ...]) -> dict[str, Any]:
-    from pipelines.cluster import validate_cluster
+    from distillery.pipelines.cluster import validate_cluster
 
     return config.get("cluster") or validate_cluster({}, stages)

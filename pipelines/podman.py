@@ -19,12 +19,12 @@ import resource
 import shutil
 import subprocess
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
-from components.images import IMAGE
+from distillery.components.core.images import IMAGE
 
 HOME_ENV = "DISTILLERY_CONTAINERS_HOME"
 BASE_IMAGE = "localhost/distillery-base:bookworm"   # Debian 12 with python3, venv, git, CA certificates

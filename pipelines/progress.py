@@ -42,7 +42,7 @@ class TaskProgress(logging.Filter):
     def _line(self, text: str) -> None:
         print(f"\033[1m>>> {text}\033[0m" if self.stream.isatty() else f">>> {text}", file=self.stream, flush=True)
 
-    def __enter__(self) -> "TaskProgress":
+    def __enter__(self) -> TaskProgress:
         logging.getLogger().addFilter(self)
         return self
 

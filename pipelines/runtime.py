@@ -8,8 +8,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from components.datasets import data_version
-from components.tracking import RunContext
+from distillery.components.core.datasets import data_version
+from distillery.components.core.tracking import RunContext
 
 STATE_DIR = ".distillery"  # git-ignored: local MLflow store, kfp.local outputs
 
@@ -59,10 +59,10 @@ def run_context(config: dict[str, Any], root: Path, resolve_repo: bool = True,
                 allow_dirty_data: bool = False) -> RunContext:
     """The context for one run of ``config``: with ``resolve_repo`` a relative ``data.repo`` is made
     absolute against ``root`` (local runs), the run is owned by this process
-    (:func:`pipelines.liveness.identity`), and a work tree's ``data/`` must hash to what ``data.dvc``
+    (:func:`distillery.pipelines.liveness.identity`), and a work tree's ``data/`` must hash to what ``data.dvc``
     records (:class:`DirtyDataError`), unless ``allow_dirty_data``: then the run carries
     ``data_dirty`` and the actual hash. Compiled specs keep the config's values."""
-    from pipelines.liveness import identity
+    from distillery.pipelines.liveness import identity
 
     config = {**config, "data": dict(config["data"])}
     data = config["data"]
@@ -95,7 +95,7 @@ def work_tree_data_hash(repo: Path) -> str:
     repository's ``.dvcignore`` applied as ``dvc add`` applies it."""
     from dvc.repo import Repo
 
-    from pipelines.data import folder_hash
+    from distillery.pipelines.data import folder_hash
 
     with Repo(str(repo)) as dvc_repo:
         return folder_hash(repo / "data", ignore=dvc_repo.dvcignore)

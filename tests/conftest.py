@@ -56,7 +56,7 @@ def run_cli(repo: Path, *args: str, env: dict | None = None, timeout: int = 600)
     """The real ``distillery`` command, run in ``repo``, as a user would."""
     full_env = {**os.environ, **(env or {})}
     full_env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{full_env.get('PATH', '')}"
-    return subprocess.run([sys.executable, "-m", "pipelines.cli", *args], cwd=repo, env=full_env,
+    return subprocess.run([sys.executable, "-m", "distillery.pipelines.cli", *args], cwd=repo, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -87,8 +87,8 @@ def tiny_pipeline(tmp_path_factory) -> PipelineRun:
 def task_context(store: Path, repo: Path, data_path: str = "data/mnist", name: str = "t") -> str:
     """The run context a pipeline passes its tasks, for calling a task body directly: a SQLite
     MLflow store in ``store`` and data at ``repo``'s work tree."""
-    from components.datasets import data_version
-    from components.tracking import RunContext
+    from distillery.components.core.datasets import data_version
+    from distillery.components.core.tracking import RunContext
 
     return RunContext(tracking_uri=f"sqlite:///{store / 'mlflow.db'}", experiment="tasks", git_commit="test",
                       data_version=data_version(repo),

@@ -22,7 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 POD_SECURITY = ["--read-only", "--cap-drop", "ALL", "--security-opt", "no-new-privileges"]
 # The installed package's files, hashed inside the image; compared with this checkout's.
 _HASH_CODE = """
-import hashlib, json, pathlib, components, pipelines
+import hashlib, json, pathlib
+import distillery.components as components, distillery.pipelines as pipelines
 out = {}
 for package in (components, pipelines):
     base = pathlib.Path(package.__file__).parent
@@ -45,10 +46,10 @@ def require_podman() -> None:
 
 
 def project_image():
-    """The built project image (:class:`pipelines.podman.ImageInfo`), checked to hold this
+    """The built project image (:class:`distillery.pipelines.podman.ImageInfo`), checked to hold this
     checkout's code; skip (or fail, see the module docstring) when podman or the image is missing."""
-    from components.images import IMAGE
-    from pipelines.podman import ContainerError, inspect_image
+    from distillery.components.core.images import IMAGE
+    from distillery.pipelines.podman import ContainerError, inspect_image
 
     require_podman()
     try:
@@ -78,7 +79,7 @@ def stale_files(image: str) -> list[str]:
 
 
 def podman(*args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
-    from pipelines.podman import environment
+    from distillery.pipelines.podman import environment
 
     done = subprocess.run(["podman", *args], env=environment(), capture_output=True, text=True, timeout=timeout)
     if check:
@@ -104,7 +105,7 @@ def run_args(image: str, command: list[str], env: dict[str, str], mounts: dict[s
 
 def popen(image: str, command: list[str], env: dict[str, str], log, **kw) -> tuple[subprocess.Popen, str]:
     """Start ``command`` in ``image`` (see :func:`run_args`); ``(process, container name)``."""
-    from pipelines.podman import environment
+    from distillery.pipelines.podman import environment
 
     name = kw.pop("name", None) or f"distillery-test-{uuid.uuid4().hex[:8]}"
     proc = subprocess.Popen(["podman", *run_args(image, command, env, name=name, **kw)], env=environment(),

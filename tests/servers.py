@@ -20,11 +20,12 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -72,7 +73,7 @@ class MlflowServer:
             **env)
         self.proc: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 90) -> "MlflowServer":
+    def start(self, timeout: float = 90) -> MlflowServer:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(["bash", str(SERVER_SH)], env=self.env, stdout=log,
                                          stderr=subprocess.STDOUT, start_new_session=True)

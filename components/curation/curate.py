@@ -1,13 +1,13 @@
 """Curation: validate a dataset version with Great Expectations, then drop duplicates.
 
 Method: data validation as code (Great Expectations suites: schema, dtypes, ranges, label set,
-nulls, duplicates, class balance, drift), see ``../shared/methods.md`` §3 "Validation". A failing
+nulls, duplicates, class balance, drift). A failing
 suite stops the pipeline before any training with a report naming each failed expectation and its
 row count. Two validating loaders (registry stage ``curation``):
 
 - :func:`curate` (``gx_dedup``): one summary-table suite for every dataset, exact de-duplication.
 - :func:`curate_gx_suite` (``gx_suite``): the suite of the dataset's kind
-  (:mod:`components.curation.suites`), near-duplicate removal by embedding distance, class
+  (:mod:`distillery.components.curation.suites`), near-duplicate removal by embedding distance, class
   balance, and drift against the previous data version.
 
 Both take ``report_dir``: GX Data Docs of the validation result go to ``report_dir/data_docs``
@@ -20,9 +20,16 @@ from pathlib import Path
 
 import numpy as np
 
-from components.curation.validation import deduplicate, validate
-from components.datasets import DATA_DVC, DataVersionError, LabelledData, data_version, data_version_of, read_dataset
-from components.tracking import progress
+from distillery.components.core.datasets import (
+    DATA_DVC,
+    DataVersionError,
+    LabelledData,
+    data_version,
+    data_version_of,
+    read_dataset,
+)
+from distillery.components.core.tracking import progress
+from distillery.components.curation.validation import deduplicate, validate
 
 
 def curate(repo: str, path: str, rev: str | None = None, max_duplicate_fraction: float = 0.05,
@@ -50,7 +57,7 @@ def curate_gx_suite(repo: str, path: str, rev: str | None = None, reference_rev:
         reference_rev: git revision of the previous data version to measure drift against;
             ``None``: the last commit before ``rev`` whose ``data.dvc`` records another version
             (none: drift is skipped, and the report says why).
-        thresholds: :class:`~components.curation.suites.SuiteParams` fields.
+        thresholds: :class:`~distillery.components.curation.suites.SuiteParams` fields.
     Returns:
         the curated data (``ids`` are row numbers in the stored version) and numbers for logging.
     Raises:
@@ -58,7 +65,11 @@ def curate_gx_suite(repo: str, path: str, rev: str | None = None, reference_rev:
         MissingColumnError: the suite names a column the data lacks (before validation runs).
         ValidationFailed: an expectation failed; nothing downstream should run.
     """
-    from components.curation.suites import SuiteParams, reference_of, validate_suite
+    from distillery.components.curation.suites import (
+        SuiteParams,
+        reference_of,
+        validate_suite,
+    )
 
     params = SuiteParams(**thresholds)
     features, labels, meta = read_dataset(repo, path, rev)

@@ -1,8 +1,8 @@
 """Great Expectations suites as code, one per dataset kind, with near-duplicate, class-balance and
 drift expectations.
 
-Method: data validation as code (Great Expectations suites), see ``../shared/methods.md`` §3
-"Validation"; near-duplicates by embedding distance (:mod:`components.curation.near_duplicates`).
+Method: data validation as code (Great Expectations suites), the Great Expectations documentation
+(greatexpectations.io); near-duplicates by embedding distance (:mod:`distillery.components.curation.near_duplicates`).
 Each suite runs on a table with one row per sample:
 
 - ``image`` (:func:`image_suite`): a per-sample summary (label, size, dtype, min/max/mean/std,
@@ -19,7 +19,7 @@ number of reference standard deviations (``ExpectColumnMeanToBeBetween``): on MN
 10 class proportions and two summary columns, not 784 per-pixel tests.
 
 A suite that names a column the table lacks fails with :class:`MissingColumnError` before any
-validation runs. A failing suite raises :class:`~components.curation.validation.ValidationFailed`
+validation runs. A failing suite raises :class:`~distillery.components.curation.validation.ValidationFailed`
 naming each failed expectation; Data Docs are built either way when a report folder is given.
 """
 from __future__ import annotations
@@ -34,9 +34,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from components.curation.near_duplicates import embed, near_duplicate_of
-from components.curation.validation import (NUMERIC_DTYPES, Check, check_sizes, feature_checks,
-                                            raise_failures, run_checks)
+from distillery.components.curation.near_duplicates import embed, near_duplicate_of
+from distillery.components.curation.validation import (
+    NUMERIC_DTYPES,
+    Check,
+    check_sizes,
+    feature_checks,
+    raise_failures,
+    run_checks,
+)
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")  # before any `import great_expectations`
 
@@ -159,7 +165,8 @@ def tabular_suite(meta: dict, params: SuiteParams) -> list[Check]:
     import great_expectations as gx
 
     E = gx.expectations
-    names = [str(n) for n in meta.get("feature_names") or []] or feature_names(meta, int(np.prod(meta["feature_shape"])))
+    names = ([str(n) for n in meta.get("feature_names") or []]
+             or feature_names(meta, int(np.prod(meta["feature_shape"]))))
     big = float(np.finfo(np.float64).max)
     checks = [Check("columns are the named features, the label and the derived columns (schema)",
                     E.ExpectTableColumnsToMatchSet(column_set=names + [LABEL] + _DERIVED, exact_match=True))]
@@ -335,7 +342,7 @@ def validate_suite(features: np.ndarray, labels: np.ndarray, meta: dict, params:
 
 def near_duplicate_keep(table: pd.DataFrame) -> tuple[np.ndarray, dict[str, float]]:
     """Rows to keep: the first of each near-duplicate group. As in exact de-duplication
-    (:func:`components.curation.validation.deduplicate`), a group whose members disagree on the
+    (:func:`distillery.components.curation.validation.deduplicate`), a group whose members disagree on the
     label is dropped whole: no member's label can be trusted."""
     of = table[NEAR_DUPLICATE_OF].to_numpy()
     group = np.where(np.isnan(of), np.arange(len(of)), of).astype(np.int64)

@@ -1,11 +1,14 @@
 """Task bodies of the curation stage: read artifacts, call the method, write artifacts, log to MLflow.
-Called by the KFP adapters in ``component.py``; plain Python, so tests call them directly."""
+Called by the KFP adapters in ``component.py``; plain Python, so tests call them directly.
+The method's call and its result: the stage contract, :mod:`distillery.components.curation.contract`."""
 from __future__ import annotations
 
-import numpy as np
-
-from components.datasets import DataVersionError, data_version, load_labelled, save_arrays, save_labelled
-from components.tracking import method_task, progress
+from distillery.components.core.datasets import (
+    DataVersionError,
+    data_version,
+    save_labelled,
+)
+from distillery.components.core.tracking import method_task, progress
 
 
 def run_curation(method: str, context: str, run_key: str, params: str, dataset_out: str) -> None:
@@ -20,9 +23,8 @@ def run_curation(method: str, context: str, run_key: str, params: str, dataset_o
     import tempfile
 
     import mlflow
-
-    from components.curation.provenance import provenance, with_provenance
-    from components.curation.validation import ValidationFailed
+    from distillery.components.core.provenance import provenance, with_provenance
+    from distillery.components.curation.validation import ValidationFailed
 
     with method_task("curation", method, context, run_key, params) as (ctx, entry, p):
         data = ctx.data
@@ -48,52 +50,3 @@ def run_curation(method: str, context: str, run_key: str, params: str, dataset_o
         save_labelled(dataset_out, curated)
 
 
-def run_split(method: str, context: str, run_key: str, params: str, dataset: str, splits_out: str, labelled_out: str) -> None:
-    import mlflow
-
-    from components.selection.annotators import SimulatedAnnotator
-
-    with method_task("split", method, context, run_key, params) as (ctx, entry, p):
-        data = load_labelled(dataset)
-        test_rows, pool_rows, seed_rows = entry.load()(data.labels, p["test_fraction"], p["seed_labels"], ctx.seed,
-                                                    p["label_all"])
-        save_arrays(splits_out, test_rows=test_rows, train_rows=np.concatenate([pool_rows, seed_rows]))
-        save_arrays(labelled_out, rows=seed_rows, labels=SimulatedAnnotator(data.labels).annotate(seed_rows))
-        mlflow.log_metrics({"test_size": len(test_rows), "pool_size": len(pool_rows), "seed_labels": len(seed_rows)})
-        progress(f"split: {len(test_rows)} test, {len(pool_rows)} unlabelled, {len(seed_rows)} seed labels")
-
-
-def run_curation_step(method: str, context: str, run_key: str, params: str, dataset: str, curated_out: str) -> None:
-    """One curation step (registry stage ``curation_step``) on a dataset artifact: the curated data
-    (with its provenance record) goes to ``curated_out``; the step's stats are logged as metrics,
-    its artifacts as JSON or figures, and the run is tagged ``parent_data_version`` /
-    ``curated_data_version`` (content versions, :func:`components.curation.provenance.content_version`)."""
-    import mlflow
-
-    from components.curation.provenance import apply_step, provenance
-
-    with method_task("curation_step", method, context, run_key, params) as (ctx, _, p):
-        data = load_labelled(dataset)
-        progress(f"curation step {method} on {len(data.labels)} items")
-        result = apply_step(method, data, p, seed=ctx.seed, context=ctx)
-        record = provenance(result.data)[-1]
-        mlflow.set_tags({"parent_data_version": record["parent_version"],
-                         "curated_data_version": record["version"]})
-        mlflow.log_metrics({"rows_in": len(data.labels), "rows_out": len(result.data.labels), **result.stats})
-        _log_artifacts(result.artifacts)
-        save_labelled(curated_out, result.data)
-        progress(f"{method}: {len(data.labels)} -> {len(result.data.labels)} items "
-                 f"(version {record['version'][:12]})")
-
-
-def _log_artifacts(artifacts: dict[str, object]) -> None:
-    """A dict/list is logged as JSON, a matplotlib Figure as an image (then closed)."""
-    import mlflow
-
-    from components.evaluation.plots import log_figure
-
-    for name, artifact in artifacts.items():
-        if isinstance(artifact, (dict, list)):
-            mlflow.log_dict(artifact, name)
-        else:
-            log_figure(artifact, name)

@@ -10,14 +10,14 @@ with raw features ``(N, D)`` as stored in the dataset, labels ``(N,)`` and an un
 """
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 import torch
 from torch import nn
 
-from components.devices import model_device
-from components.training import models
+from distillery.components.core import models
+from distillery.components.core.devices import model_device
 
 UNLABELLED = -1
 
@@ -91,7 +91,7 @@ def training_tensors(labelled_features, labels, unlabelled_features) -> tuple[to
 
 def logits_of(model: nn.Module, x: torch.Tensor, batch_size: int = 2048) -> torch.Tensor:
     """``model``'s logits ``(N, K)`` for ``x`` ``(N, D)`` in eval mode: float32, on the CPU beside
-    ``x`` (:func:`components.training.models.logits`, chunked on the model's device)."""
+    ``x`` (:func:`distillery.components.core.models.logits`, chunked on the model's device)."""
     return models.logits(model, x, batch_size)
 
 

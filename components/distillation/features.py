@@ -7,14 +7,14 @@ reports its last call.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Iterator, Sequence
 
 import torch
 from torch import nn
 from torch.nn.modules import activation, pooling
 
-from components.devices import model_device
+from distillery.components.core.devices import model_device
 
 # What counts as a "layer output" by default: the output of a nonlinearity or a pooling (the end of
 # a block). Softmax-like modules produce probabilities, not features; MultiheadAttention returns tuples.

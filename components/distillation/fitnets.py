@@ -1,13 +1,13 @@
 """FitNets: a hint from a teacher layer guides a student layer, then knowledge distillation.
 
 Romero, Ballas, Kahou, Chassang, Gatta & Bengio, "FitNets: Hints for Thin Deep Nets", ICLR 2015
-(arXiv:1412.6550); ``../shared/methods.md`` §2.
+(arXiv:1412.6550)
 
 Stage 1 (hint training): the student up to its *guided* layer ``g``, followed by a regressor ``r``,
 learns to reproduce the teacher's *hint* layer ``h``: minimise ``||h(x) - r(g(x))||²`` (mean over
 elements) over the labelled set and the pool (hints need no labels). Only the student's layers up
 to ``g`` and the regressor receive gradients. Stage 2: the whole student is trained with Hinton KD
-(:func:`components.distillation.hinton_kd.distil`). The regressor exists for training only.
+(:func:`distillery.components.distillation.hinton_kd.distil`). The regressor exists for training only.
 
 Layers are module names (``model.named_modules()``, e.g. ``"1.4"``); by default the middle feature
 layer of each model (the paper takes hint and guided layers from the middle).
@@ -21,10 +21,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from components.distillation import features, hinton_kd
-from components.devices import model_device
-from components.distillation.common import StageEpochs, check_compatible, training_tensors
-from components.training.train import fit
+from distillery.components.core.devices import model_device
+from distillery.components.core.train import fit
+from distillery.components.distillation import features, hinton_kd
+from distillery.components.distillation.common import (
+    StageEpochs,
+    check_compatible,
+    training_tensors,
+)
 
 
 def make_regressor(guided_shape: tuple[int, ...], hint_shape: tuple[int, ...],
@@ -66,8 +70,8 @@ def distil(teacher: nn.Module, student: nn.Module, labelled_features, labels, un
         labelled_features: ``(L, D)`` raw features with ``labels`` ``(L,)``.
         unlabelled_features: ``(U, D)`` (may be empty).
         hint_layer, guided_layer: module names; ``""`` picks the middle feature layer
-            (:func:`components.distillation.features.middle_layer`).
-        temperature, alpha: of the KD stage (:func:`components.distillation.hinton_kd.kd_loss`).
+            (:func:`distillery.components.distillation.features.middle_layer`).
+        temperature, alpha: of the KD stage (:func:`distillery.components.distillation.hinton_kd.kd_loss`).
     """
     if hint_epochs < 0:
         raise ValueError(f"hint_epochs must be >= 0, got {hint_epochs}")

@@ -1,7 +1,7 @@
 """Response-based knowledge distillation.
 
 Hinton, Vinyals & Dean, "Distilling the Knowledge in a Neural Network", NIPS Deep Learning
-Workshop 2015 (arXiv:1503.02531); ``../shared/methods.md`` §2.
+Workshop 2015 (arXiv:1503.02531)
 
 Loss per item: ``alpha * CE(y, s) + (1 - alpha) * T^2 * KL(softmax(t/T) || softmax(s/T))``. In an
 active-learning pipeline most of the data is unlabelled, so the KD term also covers the
@@ -13,9 +13,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from components.distillation.common import UNLABELLED, check_compatible, logits_of, training_tensors
-from components.training import models
-from components.training.train import fit
+from distillery.components.core import models
+from distillery.components.core.train import fit
+from distillery.components.distillation.common import (
+    UNLABELLED,
+    check_compatible,
+    logits_of,
+    training_tensors,
+)
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,

@@ -1,7 +1,7 @@
 """LEAD: layer-wise distribution alignment between a teacher and a student of any architecture.
 
 Sun et al., "LEAD: Liberal Feature-based Distillation for Dense Retrieval", WSDM 2024
-(arXiv:2212.05225; ref. code microsoft/SimXNS ``LEAD``); ``../shared/methods.md`` §2.
+(arXiv:2212.05225; ref. code microsoft/SimXNS ``LEAD``)
 
 At a layer of either model, the batch's items form a distribution for every item ``i``: the
 softmax over the other items ``j`` of the in-batch similarity of the layer's outputs (retrieval
@@ -19,23 +19,23 @@ shared width, vocabulary or architecture. Per training step:
   class (labels where known, the teacher's prediction on the pool), so the layers whose similarity
   structure best fits the task count most;
 - total: task loss + final-layer KL (Hinton KD's ``alpha·CE + (1-alpha)·T²·KL`` on the class
-  logits, :func:`components.distillation.hinton_kd.kd_loss`) + the weighted layer KLs.
+  logits, :func:`distillery.components.distillation.hinton_kd.kd_loss`) + the weighted layer KLs.
 """
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from components.distillation import features
-from components.distillation.common import check_compatible, training_tensors
-from components.distillation.hinton_kd import check_kd_params, kd_loss
-from components.training.train import fit
+from distillery.components.core.train import fit
+from distillery.components.distillation import features
+from distillery.components.distillation.common import check_compatible, training_tensors
+from distillery.components.distillation.hinton_kd import check_kd_params, kd_loss
 
 _EXCLUDED = -1e9  # the score of an item with itself: out of its own distribution (exp() == 0)
 
@@ -171,7 +171,7 @@ def distil(teacher: nn.Module, student: nn.Module, labelled_features, labels, un
         labelled_features: ``(L, D)`` raw features with ``labels`` ``(L,)``.
         unlabelled_features: ``(U, D)`` (may be empty).
         teacher_layers, student_layers: candidate module names, shallow to deep; empty: every
-            activation and pooling output (:func:`components.distillation.features.feature_layers`).
+            activation and pooling output (:func:`distillery.components.distillation.features.feature_layers`).
         layers_per_model: ``K``, the layers drawn from each model (5 in the paper).
         redraw_every: steps (batches) between two draws of the layer pairs.
         layer_temperature: of the layer weights ``softmax(-teacher_layer_loss / layer_temperature)``.

@@ -1,7 +1,7 @@
 """PROD: progressive distillation through increasingly strong teachers and increasingly hard data.
 
 Lin et al., "PROD: Progressive Distillation for Dense Retrieval", WWW 2023 (arXiv:2209.13335; ref.
-code microsoft/SimXNS ``PROD``); ``../shared/methods.md`` §2.
+code microsoft/SimXNS ``PROD``)
 
 Teacher-progressive: the student is distilled through a chain of teachers, weakest first. Stage
 ``s`` minimises, over the labelled set and the pool,
@@ -32,16 +32,21 @@ kept (benchmarks/README.md).
 from __future__ import annotations
 
 import copy
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from components.distillation.common import (UNLABELLED, StageEpochs, check_compatible, logits_of,
-                                            training_tensors)
-from components.distillation.hinton_kd import check_kd_params, kd_loss
-from components.training.train import cross_entropy, fit
+from distillery.components.core.train import cross_entropy, fit
+from distillery.components.distillation.common import (
+    UNLABELLED,
+    StageEpochs,
+    check_compatible,
+    logits_of,
+    training_tensors,
+)
+from distillery.components.distillation.hinton_kd import check_kd_params, kd_loss
 
 
 def frozen_copy(model: nn.Module) -> nn.Module:

@@ -1,11 +1,11 @@
 """RELIANT: fair knowledge distillation given a sensitive attribute.
 
 Dong, Zhang, Yuan, Zou, Wang & Li, "RELIANT: Fair Knowledge Distillation for Graph Neural
-Networks", SDM 2023 (arXiv:2301.01150; ref. code yushundong/RELIANT); ``../shared/methods.md`` §2. The paper's student is a
+Networks", SDM 2023 (arXiv:2301.01150; ref. code yushundong/RELIANT) The paper's student is a
 graph model; the mechanism needs no graph and runs here on any zoo student.
 
 - The student minimises ``KD + bias_weight * bias``; KD is Hinton's loss
-  (:func:`components.distillation.hinton_kd.kd_loss`: CE on labelled items, softened KL to the
+  (:func:`distillery.components.distillation.hinton_kd.kd_loss`: CE on labelled items, softened KL to the
   teacher on all items).
 - ``bias`` is a differentiable surrogate of the group gap: the squared difference between the two
   groups' means of ``step(p)``, summed over the classes' softmax outputs ``p``, where ``step`` is the
@@ -21,8 +21,8 @@ graph model; the mechanism needs no graph and runs here on any zoo student.
 The sensitive attribute reaches the method as ``sensitive``: one group value per item, labelled
 items first, then the unlabelled pool. In the pipeline the distillation task reads it from the
 dataset's ``meta["sensitive"]`` (a feature column or a ``.npy`` file of the dataset folder, see
-:func:`components.evaluation.fairness.sensitive_attributes`); ΔSP/ΔEO of the student are reported by
-the evaluation stage (:func:`components.evaluation.fairness.fairness_gaps`).
+:func:`distillery.components.evaluation.fairness.sensitive_attributes`); ΔSP/ΔEO of the student are reported by
+the evaluation stage (:func:`distillery.components.evaluation.fairness.fairness_gaps`).
 """
 from __future__ import annotations
 
@@ -31,11 +31,15 @@ import torch
 from numpy.polynomial import legendre
 from torch import nn
 
-from components.devices import model_device
-from components.distillation.common import check_compatible, logits_of, training_tensors
-from components.distillation.hinton_kd import kd_loss
-from components.training import models
-from components.training.train import fit
+from distillery.components.core import models
+from distillery.components.core.devices import model_device
+from distillery.components.core.train import fit
+from distillery.components.distillation.common import (
+    check_compatible,
+    logits_of,
+    training_tensors,
+)
+from distillery.components.distillation.hinton_kd import kd_loss
 
 # step(p) = sum_n c_n P_n(2p - 1), P_n the Legendre polynomials: the reference code's approx_func
 # (its odd coefficients 1/2, -1/8, 1/16, -5/128, 7/256 are those of the binomial series of sqrt(1+t)).
@@ -99,7 +103,7 @@ def distil(teacher: nn.Module, student: nn.Module, labelled_features, labels, un
         bias_weight: the paper's alpha, weight of the bias term. Its useful range depends on the KD
             term's scale (here the T^2-weighted KL, ~16x the reference code's) and on the batch: the
             paper's 10 to 1,000 does not carry over; 2 to 5 cut ΔSP by 20-80% at < 1 point of
-            accuracy on the tabular data of tests/test_reliant.py.
+            accuracy on the tabular data of tests/components/distillation/test_reliant.py.
         fairness: ``"sp"`` (statistical parity) or ``"eo"`` (equal opportunity: labelled items of
             class ``positive_class`` only).
         temperature, alpha: Hinton KD's ``T`` and CE weight.
@@ -153,9 +157,9 @@ def distil(teacher: nn.Module, student: nn.Module, labelled_features, labels, un
 def sensitive_groups(meta: dict, features: np.ndarray, ids: np.ndarray, attribute: str = "",
                      read_array=None) -> np.ndarray:
     """``(N,)`` groups of the sensitive attribute ``attribute`` for these rows, as the dataset declares
-    it in ``meta["sensitive"]`` (:func:`components.evaluation.fairness.sensitive_attributes`); ``""``
+    it in ``meta["sensitive"]`` (:func:`distillery.components.evaluation.fairness.sensitive_attributes`); ``""``
     picks the only declared one. A ``ValueError`` when there is none to pick."""
-    from components.evaluation.fairness import sensitive_attributes
+    from distillery.components.core.datasets import sensitive_attributes
 
     declared = meta.get("sensitive") or {}
     if not declared:

@@ -1,9 +1,13 @@
-"""Task body of the distillation stage."""
+"""Task body of the distillation stage.
+The method's call and its result: the stage contract, :mod:`distillery.components.distillation.contract`."""
 from __future__ import annotations
 
-from components.datasets import load_arrays, load_labelled
-from components.selection.tasks import unlabelled_rows
-from components.tracking import method_task, progress
+from distillery.components.core.datasets import (
+    load_arrays,
+    load_labelled,
+    unlabelled_rows,
+)
+from distillery.components.core.tracking import method_task, progress
 
 STUDENT_ARCH = "student"  # the parameter naming the student's architecture (a model zoo name)
 STUDENT_KWARGS = "student_kwargs"  # keyword arguments of that architecture, e.g. {"channels": 4}
@@ -20,7 +24,7 @@ def student_arch_kwargs(params: dict) -> dict:
     """Keyword arguments of the student's architecture: the shorthands it accepts, then ``student_kwargs``."""
     import inspect
 
-    from components.training import models
+    from distillery.components.core import models
 
     builder = models.ARCHITECTURES.get(params[STUDENT_ARCH])
     accepted = [*inspect.signature(builder).parameters, *models.BUILD_KEYWORDS] if builder else []
@@ -30,16 +34,15 @@ def student_arch_kwargs(params: dict) -> dict:
 
 def run_distillation(method: str, context: str, run_key: str, params: str, dataset: str, splits: str, labelled: str,
                      teacher: str, student_out: str) -> None:
-    import mlflow
     import numpy as np
 
-    from components import devices
-    from components.distillation.common import check_compatible
-    from components.distillation.export import check_exportable
-    from components.distillation.hinton_kd import make_student
-    from components.distillation.reliant import sensitive_groups
-    from components.evaluation.tasks import dataset_file_reader
-    from components.training import models
+    import mlflow
+    from distillery.components.core import devices, models
+    from distillery.components.core.datasets import dataset_file_reader
+    from distillery.components.core.export import check_exportable
+    from distillery.components.distillation.common import check_compatible
+    from distillery.components.distillation.hinton_kd import make_student
+    from distillery.components.distillation.reliant import sensitive_groups
 
     with method_task("distillation", method, context, run_key, params) as (ctx, entry, p):
         data, split, labels = load_labelled(dataset), load_arrays(splits), load_arrays(labelled)
@@ -54,7 +57,7 @@ def run_distillation(method: str, context: str, run_key: str, params: str, datas
         check_compatible(teacher_model, student, data.features.shape[1], len(data.meta["classes"]), labels["labels"])
         check_exportable(student)  # the deployable student must export to ONNX: fail before training
         kwargs = method_params(p)
-        if "sensitive_attribute" in kwargs:  # fair distillation (RELIANT): each item's group, labelled then pool
+        if "sensitive" in entry.inputs:  # fair distillation (RELIANT): each item's group, labelled then pool
             rows = np.concatenate([labels["rows"], pool])
             kwargs["sensitive"] = sensitive_groups(data.meta, data.features[rows], data.ids[rows],
                                                    kwargs.pop("sensitive_attribute"), dataset_file_reader(ctx))
@@ -78,30 +81,3 @@ def run_distillation(method: str, context: str, run_key: str, params: str, datas
         models.save(student, student_out, p["student"], data.meta, arch_kwargs)
 
 
-def run_dataset_distillation(method: str, context: str, run_key: str, params: str, dataset: str,
-                             synthetic_out: str) -> None:
-    """Distil the ``dataset`` artifact (a LabelledData) into a synthetic one; the loss curve and an image
-    grid of the result go to MLflow, the data version of the run's source into the provenance."""
-    import mlflow
-
-    from components.datasets import save_labelled
-    from components.distillation.dataset_dm import synthetic_grid_figure
-    from components.evaluation.plots import log_figure
-
-    with method_task("dataset_distillation", method, context, run_key, params) as (ctx, entry, p):
-        data = load_labelled(dataset)
-        iterations = p["iterations"]
-        progress(f"distilling {len(data.labels)} items of {data.meta.get('name')!r} into {p['ipc']} synthetic "
-                 f"images per class ({iterations} iterations)")
-
-        def on_iteration(iteration: int, loss: float) -> None:
-            mlflow.log_metric("dm_loss", loss, step=iteration)
-            if (iteration + 1) % max(1, iterations // 10) == 0 or iteration + 1 == iterations:
-                progress(f"distribution matching iteration {iteration + 1}/{iterations}: loss {loss:.4f}")
-
-        synthetic = entry.load()(data, seed=ctx.seed, on_iteration=on_iteration,
-                                 source=f"{ctx.data['path']} (data version {ctx.data_version})", **p)
-        log_figure(synthetic_grid_figure(synthetic, p["ipc"]), "synthetic_images.png")
-        mlflow.log_dict(synthetic.meta, "synthetic_dataset.json")
-        mlflow.log_metrics({"synthetic_items": len(synthetic.labels), "source_items": len(data.labels)})
-        save_labelled(synthetic_out, synthetic)

@@ -15,12 +15,12 @@ matrix products, written here rather than pulling in alibi-detect and its depend
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Callable
 
 import numpy as np
 
-from components.datasets import LabelledData
+from distillery.components.core.datasets import LabelledData
 
 PROJECTION_DIM = 32  # random-projection embedding size for images without a model
 MMD_ROWS = 1000  # rows per side for the kernel test: its cost grows with the square of the rows

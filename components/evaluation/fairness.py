@@ -18,8 +18,6 @@ between groups); ΔEO is that same rate on the rows of true class c, which is ex
 """
 from __future__ import annotations
 
-from typing import Callable
-
 import numpy as np
 
 
@@ -73,36 +71,3 @@ def fairness_metrics(predicted: np.ndarray, labels: np.ndarray, sensitive: dict[
     return metrics
 
 
-def sensitive_attributes(meta: dict, features: np.ndarray, ids: np.ndarray,
-                         read_array: Callable[[str], np.ndarray] | None = None) -> dict[str, np.ndarray]:
-    """The sensitive attributes a dataset declares (``meta["sensitive"]``, see
-    :mod:`components.datasets`), one ``(N,)`` array of groups per attribute for these rows.
-
-    Args:
-        features: ``(N, D)`` the rows' features (a column attribute is read from them).
-        ids: ``(N,)`` the rows' stable ids = row numbers in the stored version (a file attribute is
-            indexed by them, so it survives de-duplication and splitting).
-        read_array: loads a ``.npy`` file of the dataset folder by name (needed for file attributes).
-    """
-    declared = meta.get("sensitive") or {}
-    if not isinstance(declared, dict):
-        raise ValueError(f"dataset {meta.get('name')!r}: meta 'sensitive' must map attribute names to a feature "
-                         f"column (int) or a .npy file name, got {declared!r}")
-    out = {}
-    for name, where in declared.items():
-        if isinstance(where, int) and not isinstance(where, bool):
-            if not 0 <= where < features.shape[1]:
-                raise ValueError(f"sensitive attribute {name!r} names column {where}, but the data has "
-                                 f"{features.shape[1]} columns")
-            out[name] = features[:, where]
-        elif isinstance(where, str):
-            if read_array is None:
-                raise ValueError(f"sensitive attribute {name!r} lives in file {where!r}; no way to read it given")
-            values = np.asarray(read_array(where))
-            if values.ndim != 1 or len(values) <= int(ids.max(initial=-1)):
-                raise ValueError(f"sensitive attribute {name!r}: {where} holds shape {values.shape}, but the "
-                                 f"dataset's ids reach {int(ids.max(initial=-1))}")
-            out[name] = values[ids]
-        else:
-            raise ValueError(f"sensitive attribute {name!r}: expected a column index or a file name, got {where!r}")
-    return out

@@ -12,8 +12,9 @@ rule. Every condition is reported, met or not, so the decision can be audited fr
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 DEFAULT_GATE: dict[str, Any] = {"min": {}, "max": {}, "beat_champion": True}
 
@@ -82,7 +83,7 @@ def check_gate(metrics: dict[str, float], gate: dict | None) -> GateDecision:
     """Check every ``min``/``max`` condition of ``gate`` against ``metrics``.
 
     ``beat_champion`` is not decided here (it needs the champion scored on the same split; see
-    :func:`components.evaluation.promotion.register_and_promote`).
+    :func:`distillery.components.evaluation.promotion.register_and_promote`).
     """
     gate = validate_gate(gate, metrics)
     reasons, failed = [], []

@@ -13,7 +13,10 @@ import torch
 def classification_metrics(probs: torch.Tensor, labels: np.ndarray, ece_bins: int = 15) -> dict[str, float]:
     """Metrics from predicted probabilities ``(N, K)`` and true labels ``(N,)``."""
     from torchmetrics.functional.classification import (
-        multiclass_accuracy, multiclass_calibration_error, multiclass_f1_score)
+        multiclass_accuracy,
+        multiclass_calibration_error,
+        multiclass_f1_score,
+    )
 
     target = torch.as_tensor(labels, dtype=torch.long)
     k = probs.shape[1]

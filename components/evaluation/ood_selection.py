@@ -20,8 +20,9 @@ the usual way to build a domain-generalisation benchmark from MNIST (Rotated MNI
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -222,7 +223,7 @@ def make_domain(features: np.ndarray, meta: dict, rotate: float = 0.0, noise: fl
 
 def candidate_outputs(model: Any, features: np.ndarray, chunk_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
     """Probabilities ``(N, K)`` and penultimate features ``(N, H)`` (input of the last linear layer)."""
-    from components.selection.pool import forward
+    from distillery.components.core.models import forward
 
     return forward(model, features, chunk_size, embeddings=True)
 

@@ -5,18 +5,19 @@ beats the current champion on the chosen metric, both measured on the same test 
 stored from another data version would not be comparable). If the champion cannot be evaluated,
 the alias stays where it is: an error never costs a team its serving model.
 
-A promotion gate (:mod:`components.evaluation.gate`) can add conditions (minimum accuracy, maximum
+A promotion gate (:mod:`distillery.components.evaluation.gate`) can add conditions (minimum accuracy, maximum
 ECE or fairness gaps, ...): the alias then moves only when every condition holds, and, with
 ``beat_champion``, the candidate also beats the champion. A candidate failing the gate is still
 registered (with its reasons as tags), but the champion and earlier versions stay as they were.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from components.evaluation.gate import GateDecision
+    from distillery.components.evaluation.gate import GateDecision
 
 CHAMPION = "champion"
 
@@ -33,7 +34,7 @@ class Decision:
 
 def register_and_promote(client, model_uri: str, name: str, metric: str, candidate_score: float,
                          score_model: Callable[[str], float], tags: dict[str, str],
-                         gate: "GateDecision | None" = None, beat_champion: bool = True,
+                         gate: GateDecision | None = None, beat_champion: bool = True,
                          never_promote: str | None = None) -> Decision:
     """Register ``model_uri`` under ``name`` and move ``champion`` to it if it passes ``gate`` and
     (with ``beat_champion``) scores higher than the champion.

@@ -6,7 +6,7 @@ model version's tags record the data version and git commit), and decides:
 - no champion yet -> retrain;
 - the same data version as the champion's -> skip ("nothing changed");
 - at least ``min_new_labels`` more labelled items than the champion saw -> retrain;
-- the features drifted (``components.evaluation.drift``) and ``retrain_on_drift`` -> retrain;
+- the features drifted (``distillery.components.evaluation.drift``) and ``retrain_on_drift`` -> retrain;
 - otherwise skip, saying what changed and why it was not enough.
 
 A skipped run is a finished pipeline run whose description gives the reason, so the MLflow UI
@@ -18,7 +18,12 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from components.datasets import DataVersionError, LabelledData, data_version, dvc_filesystem
+from distillery.components.core.datasets import (
+    DataVersionError,
+    LabelledData,
+    data_version,
+    dvc_filesystem,
+)
 
 LABELS_DIR = "data/labels"
 
@@ -65,9 +70,8 @@ def decide(champion: ChampionInfo | None, current_version: str, new_labels: int 
 def champion_info(client, name: str) -> ChampionInfo | None:
     """The ``champion`` of registered model ``name``, or ``None`` when there is none."""
     import mlflow
-
-    from components.evaluation.promotion import CHAMPION
-    from components.tracking import DATA_VERSION, GIT_COMMIT
+    from distillery.components.core.tracking import DATA_VERSION, GIT_COMMIT
+    from distillery.components.evaluation.promotion import CHAMPION
 
     try:
         version = client.get_model_version_by_alias(name, CHAMPION)
@@ -96,7 +100,8 @@ def revision_of_version(repo: str, version: str, hint: str) -> str | None:
     does, else the newest such commit in the history of ``data.dvc`` (local repos); ``None`` if none."""
     candidates = [hint] if hint else []
     if Path(repo).is_dir():
-        log = subprocess.run(["git", "-C", repo, "log", "--format=%H", "--", "data.dvc"], capture_output=True, text=True)
+        log = subprocess.run(["git", "-C", repo, "log", "--format=%H", "--", "data.dvc"],
+                             capture_output=True, text=True)
         candidates += log.stdout.split()
     for rev in candidates:
         try:

@@ -1,9 +1,20 @@
 """Task bodies of the evaluation stage: metrics, figures, model logging, the promotion gate and
-promotion, then the parent run is closed with a readable outcome; and OOD model selection."""
+promotion, then the parent run is closed with a readable outcome; and OOD model selection.
+The method's call and its result: the stage contract, :mod:`distillery.components.evaluation.contract`."""
 from __future__ import annotations
 
-from components.datasets import load_arrays, load_labelled
-from components.tracking import finish_parent, method_task, parent_run_id, progress
+from distillery.components.core.datasets import (
+    dataset_file_reader,
+    load_arrays,
+    load_labelled,
+)
+from distillery.components.core.tracking import (
+    SKIP,
+    finish_parent,
+    method_task,
+    parent_run_id,
+    progress,
+)
 
 
 def log_model(model, name: str, example):
@@ -11,9 +22,10 @@ def log_model(model, name: str, example):
     running torch so MLflow does not spend seconds inferring it. Pickle format: MLflow 3's default
     ``pt2`` export fixes the batch size to the input example's, so the served model would reject
     any other batch size."""
-    import mlflow
     import torch
     from mlflow.models import infer_signature
+
+    import mlflow
 
     with torch.no_grad():
         output = model(torch.as_tensor(example)).numpy()
@@ -24,17 +36,26 @@ def log_model(model, name: str, example):
 
 def run_evaluation(method: str, context: str, run_key: str, params: str, dataset: str, splits: str, teacher: str,
                    student: str) -> None:
-    import mlflow
+    """The evaluation stage's task: the method's own task body (each evaluation method logs its own
+    kind of result), found by its name."""
+    bodies = {"classification": run_classification, "ood_selection": run_ood_selection}
+    if method not in bodies:
+        raise ValueError(f"evaluation method {method!r} has no task body; known: {sorted(bodies)}")
+    bodies[method](method, context, run_key, params, dataset, splits, teacher, student)
+
+
+def run_classification(method: str, context: str, run_key: str, params: str, dataset: str, splits: str,
+                       teacher: str, student: str) -> None:
     import numpy as np
 
-    from components import devices
-    from components.distillation.export import log_onnx
-    from components.evaluation import plots
-    from components.evaluation.fairness import fairness_metrics, sensitive_attributes
-    from components.evaluation.gate import check_gate, validate_gate
-    from components.evaluation.metrics import CLASSIFICATION_METRICS
-    from components.evaluation.promotion import register_and_promote
-    from components.training import models
+    import mlflow
+    from distillery.components.core import devices, models, plots
+    from distillery.components.core.datasets import sensitive_attributes
+    from distillery.components.core.export import log_onnx
+    from distillery.components.evaluation.fairness import fairness_metrics
+    from distillery.components.evaluation.gate import check_gate, validate_gate
+    from distillery.components.evaluation.metrics import CLASSIFICATION_METRICS
+    from distillery.components.evaluation.promotion import register_and_promote
 
     with method_task("evaluation", method, context, run_key, params) as (ctx, entry, p):
         data, split = load_labelled(dataset), load_arrays(splits)
@@ -57,7 +78,8 @@ def run_evaluation(method: str, context: str, run_key: str, params: str, dataset
                 mlflow.log_metric(f"{role}_{key}", value)
                 client.log_metric(parent, f"{role}_{key}", value)
             figures = {"confusion_matrix": plots.confusion_matrix_figure(
-                           y_test, probs.argmax(-1).numpy(), data.meta["classes"], f"{role} confusion matrix (test split)"),
+                           y_test, probs.argmax(-1).numpy(), data.meta["classes"],
+                           f"{role} confusion matrix (test split)"),
                        "reliability_diagram": plots.reliability_diagram_figure(
                            probs.numpy(), y_test, p["ece_bins"], f"{role} reliability diagram (test split)")}
             for name, figure in figures.items():
@@ -94,7 +116,8 @@ def run_evaluation(method: str, context: str, run_key: str, params: str, dataset
         mlflow.set_tags({"promotion": decision.reason, "registered_model": f"{name} v{decision.version}",
                          "gate": "passed" if gate_decision.passed else "failed"})
         client.set_tag(parent, "promotion", decision.reason)
-        outcome = (f"teacher accuracy {results['teacher']['accuracy']:.4f}, student {results['student']['accuracy']:.4f} "
+        outcome = (f"teacher accuracy {results['teacher']['accuracy']:.4f}, "
+                   f"student {results['student']['accuracy']:.4f} "
                    f"({ratio:.1%} of the teacher); {name} v{decision.version}: {decision.reason}.")
         progress(outcome)
     finish_parent(ctx, outcome)
@@ -105,7 +128,6 @@ def registered_model_name(eval_params: dict, meta: dict) -> str:
     return eval_params.get("model_name") or f"distillery-{meta['name']}-student"
 
 
-SKIP = "skip"
 
 
 def run_retraining_check(context: str, run_key: str, params: str) -> str:
@@ -113,13 +135,17 @@ def run_retraining_check(context: str, run_key: str, params: str) -> str:
     it retrains, else :data:`SKIP` (and the pipeline run is finished with the reason as its description)."""
     import json
 
-    import mlflow
     import numpy as np
 
-    from components.datasets import LabelledData, data_version, read_dataset
-    from components.evaluation import retraining
-    from components.evaluation.drift import detect_drift
-    from components.tracking import RunContext, task_run
+    import mlflow
+    from distillery.components.core.datasets import (
+        LabelledData,
+        data_version,
+        read_dataset,
+    )
+    from distillery.components.core.tracking import RunContext, task_run
+    from distillery.components.evaluation import retraining
+    from distillery.components.evaluation.drift import detect_drift
 
     ctx = RunContext.from_json(context)
     ctx.run_key = run_key
@@ -161,23 +187,6 @@ def run_retraining_check(context: str, run_key: str, params: str) -> str:
     return ctx.to_json()
 
 
-def dataset_file_reader(ctx):
-    """Loads a ``.npy`` file of the configured dataset folder by name, through DVC at the run's
-    revision (what sensitive attributes kept in their own file need); DVC opens only on first use."""
-    import io
-
-    import numpy as np
-
-    def read(name: str):
-        from components.datasets import dvc_filesystem
-
-        data = ctx.data
-        with dvc_filesystem(data["repo"], data.get("rev")).open(f"{data['path']}/{name}", "rb") as fh:
-            return np.load(io.BytesIO(fh.read()), allow_pickle=False)
-
-    return read
-
-
 DOMAIN_KEYS = {"name", "rotate", "noise"}
 
 
@@ -214,10 +223,11 @@ def run_ood_selection(method: str, context: str, run_key: str, params: str, data
     and a figure), and the pick as the tag ``ood_selected``. It registers and promotes nothing.
     """
     import mlflow
-
-    from components.evaluation import plots
-    from components.evaluation.ood_selection import check_domains, make_domain
-    from components.training import models
+    from distillery.components.core import models, plots
+    from distillery.components.evaluation.ood_selection import (
+        check_domains,
+        make_domain,
+    )
 
     with method_task("evaluation", method, context, run_key, params) as (ctx, entry, p):
         candidates, specs = check_ood_params(p)
@@ -255,27 +265,3 @@ def run_ood_selection(method: str, context: str, run_key: str, params: str, data
     finish_parent(ctx, outcome)
 
 
-def run_backdoor_audit(method: str, context: str, run_key: str, params: str, dataset: str, test: str) -> None:
-    """Train a fresh model on ``dataset``, log clean accuracy, ASR, threshold, a grid of triggered test
-    images and the verdict (tag ``backdoor_audit``: ``pass`` or ``backdoor-suspected``)."""
-    import mlflow
-
-    from components.distillation.backdoor_audit import Trigger, triggered_grid_figure
-    from components.evaluation import plots
-
-    with method_task("evaluation", method, context, run_key, params) as (ctx, entry, p):
-        data, reference = load_labelled(dataset), load_labelled(test)
-        pattern = 1.0 if p["trigger_pattern"] is None else p["trigger_pattern"]
-        trigger = Trigger.square(data.meta["feature_shape"], p["trigger_size"], p["trigger_corner"], pattern)
-        progress(f"auditing {len(data.labels)} items of {data.meta.get('name')!r}: training a fresh {p['arch']} "
-                 f"and stamping a {p['trigger_size']}x{p['trigger_size']} {p['trigger_corner']} trigger on "
-                 f"{len(reference.labels)} test images (target class {p['target_class']})")
-        result = entry.load()(data, reference.features, reference.labels, trigger, p["target_class"],
-                              arch=p["arch"], arch_kwargs=p["arch_kwargs"], epochs=p["epochs"], lr=p["lr"],
-                              batch_size=p["batch_size"], seed=ctx.seed, floor=p["floor"], factor=p["factor"])
-        mlflow.log_metrics(result.metrics())
-        plots.log_figure(triggered_grid_figure(reference.features, reference.labels, result, trigger, data.meta),
-                         "triggered_examples.png")
-        mlflow.set_tag("backdoor_audit", result.verdict)
-        progress(f"ASR {result.attack_success_rate:.3f} (threshold {result.threshold:.3f}, baseline "
-                 f"{result.baseline_rate:.3f}), clean accuracy {result.clean_accuracy:.3f}: {result.verdict}")

@@ -3,7 +3,7 @@
 Every strategy is one registry entry and one KFP component; wrappers (``anchoral`` and the three
 stochastic samplers, ``stream``) take the name of the strategy they wrap as their ``base`` parameter.
 """
-from components.registry import Method
+from distillery.components.core.registry import Method
 
 _SETTLES = "Settles, Active Learning Literature Survey, UW-Madison TR 1648 (2009)"
 _BALD = ("Houlsby et al., Bayesian Active Learning for Classification and Preference Learning, arXiv 2011; "
@@ -17,8 +17,7 @@ _NEURONAL_DEFAULTS = {"hidden": 100, "block": 51, "epochs": 100, "lr": 0.01}
 
 
 def _strategy(name, paper, summary, target, defaults=None):
-    return Method("selection", name, paper, summary, f"components.selection.{target}",
-                  f"components.selection.component:select_{name}", defaults or {})
+    return Method("selection", name, paper, summary, f"distillery.components.selection.{target}", defaults or {})
 
 
 METHODS = [
@@ -62,10 +61,4 @@ METHODS = [
               "Learning 15 (1994)", "Items arrive one at a time; query while the base score clears an "
               "adaptive threshold, under the label budget", "stream:StreamSelection",
               {"base": "margin", "base_params": {}, "warmup": 100}),
-    Method("labelling", "simulated", "-", "Reveal the dataset's own labels (benchmark protocol)",
-           "components.selection.annotators:SimulatedAnnotator", "components.selection.component:label_simulated"),
-    Method("labelling", "label_studio", "-", "Human labels from Label Studio, imported into a DVC-versioned "
-           "label set (`distillery labels import`); unlabelled items are exported as Label Studio tasks",
-           "components.selection.annotators:LabelStudioAnnotator",
-           "components.selection.component:label_label_studio", {"label_set": None}),
 ]

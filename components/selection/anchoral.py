@@ -8,7 +8,7 @@ Datasets", NAACL 2024 (ref. code pietrolesci/anchoral). Per query:
 3. per class, pick ``anchors_per_class`` (A) anchors among its labelled items by k-means++ seeding
    on their embeddings (all of them when the class has fewer); with ``anchor_method="ppp"`` instead
    the labelled items closest to the centres of a PPP clustering of the class (k-means validated by
-   a GMM, ``components.curation.ppp``: its own k <= A, so a class that forms 3 groups gets 3 anchors);
+   a GMM, ``distillery.components.curation_step.ppp``: its own k <= A, so a class that forms 3 groups gets 3 anchors);
 4. for each anchor retrieve its ``neighbours`` (k) nearest unlabelled items by cosine similarity;
 5. every retrieved item scores ``1 - mean cosine distance`` over the anchors that found it; the
    subpool is the top M by that score (``subpool_sampling="softmax"``: M sampled with
@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from components.selection.pool import Pool
-from components.selection.stochastic import gumbel_top_k
-from components.selection.strategies import Strategy, resolve, top_k
+from distillery.components.selection.pool import Pool
+from distillery.components.selection.stochastic import gumbel_top_k
+from distillery.components.selection.strategies import Strategy, resolve, top_k
 
 EMBEDDINGS = ("model", "features")
 ANCHOR_METHODS = ("kmeans++", "ppp")
@@ -125,7 +125,7 @@ def select_anchors(embeddings: np.ndarray, labels: np.ndarray, per_class: int,
     (``2..per_class``) PPP chooses -- at most ``per_class`` anchors either way."""
     from sklearn.cluster import kmeans_plusplus
 
-    from components.curation.ppp import choose_k, closest_to_centres
+    from distillery.components.core.clustering import choose_k, closest_to_centres
 
     anchors = []
     for cls in np.unique(labels):

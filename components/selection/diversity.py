@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from components.selection.strategies import Strategy, top_k
+from distillery.components.selection.strategies import Strategy, top_k
 
 # pool x labelled distances are computed in (BLOCK, BLOCK) tiles: 4M float32, 16 MB per tile
 BLOCK = 2048

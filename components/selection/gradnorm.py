@@ -20,12 +20,13 @@ Shapes: pool features ``(N, D)``; per-sample gradients are computed for ``(C, D)
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
-from components import devices
-from components.selection.strategies import Strategy
+from distillery.components.core import devices
+from distillery.components.selection.strategies import Strategy
 
 
 class _GradNorm(Strategy):
@@ -106,7 +107,6 @@ def per_sample_gradnorms(model: Any, features: np.ndarray, loss: Callable[[Any],
     batch-norm statistics) go into ``functional_call`` with the parameters; every parameter counts,
     trainable or not.
     """
-    import torch
     from torch.func import functional_call, grad, vmap
 
     model.eval()

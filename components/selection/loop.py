@@ -4,9 +4,9 @@ Plain Python (no kfp, no MLflow), the same steps the pipeline runs as tasks:
 
 1. an initial labelled set drawn from the pool (seeded; stratified by default);
 2. every round, a model is trained **from scratch** on the labelled set
-   (:func:`components.training.train.train_classifier`) and scored on the test set;
+   (:func:`distillery.components.core.train.train_classifier`) and scored on the test set;
 3. the strategy picks the next batch from the unlabelled part of the pool, seeing a
-   :class:`~components.selection.pool.Pool` of the unlabelled features, the model and the labelled
+   :class:`~distillery.components.selection.pool.Pool` of the unlabelled features, the model and the labelled
    set; the simulated annotator reveals their labels; repeat until the last size of ``schedule``.
 
 Training budget (``train_kwargs``): a number of Adam steps that grows with the labelled set,
@@ -25,11 +25,12 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Callable, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from components.selection.pool import Pool
+from distillery.components.selection.pool import Pool
 
 Selector = Callable[[Pool, int], np.ndarray]
 TRAIN_DEFAULTS = {"min_steps": 250, "min_epochs": 20, "batch_size": 64, "lr": 3e-3}
@@ -70,7 +71,7 @@ def initial_labels(labels: np.ndarray, size: int, seed: int, how: str = "stratif
 
 def train_model(features, labels, meta: dict, model_kwargs: dict, train_kwargs: dict, seed: int):
     """A fresh model trained on ``(features, labels)`` with the step budget described above."""
-    from components.training.train import train_classifier
+    from distillery.components.core.train import train_classifier
 
     kwargs = {**TRAIN_DEFAULTS, **train_kwargs}
     model_kwargs = dict(model_kwargs)
@@ -88,7 +89,7 @@ def balanced_batch_size(num_labelled: int, batch_size: int) -> int:
 
 def evaluate(model, features, labels, num_classes: int) -> tuple[float, list[float]]:
     """Test accuracy and per-class recall."""
-    from components.training import models
+    from distillery.components.core import models
 
     predicted = models.predict_proba(model, features).argmax(-1).numpy()
     correct = predicted == labels
@@ -121,7 +122,7 @@ def run_active_learning(strategy: str | Selector, params: dict | None, features_
     Returns:
         one :class:`Round` per size in ``schedule``.
     """
-    from components.selection.strategies import resolve
+    from distillery.components.selection.strategies import resolve
 
     schedule = [int(s) for s in schedule]
     if not schedule or any(b <= a for a, b in zip(schedule, schedule[1:])):

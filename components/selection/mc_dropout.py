@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from components import devices
-from components.selection.strategies import Strategy
+from distillery.components.core import devices
+from distillery.components.selection.strategies import Strategy
 
 
 class BALD(Strategy):

@@ -1,7 +1,7 @@
 """NeurOnAl: active learning with an exploitation and an exploration network.
 
 Ban, Zhang, Agarwal, Tong & He, "Neural Active Learning Beyond Bandits", ICLR 2024 (no official
-repository; ``../shared/methods.md`` §1 states the formulas implemented here).
+repository; the paper's Algorithms 1 and 2 give the formulas implemented here).
 
 - Exploitation net ``f1``: ``D -> hidden -> K`` (ReLU), trained with MSE on one-hot labels of the
   labelled set.
@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from components.selection.pool import Pool
-from components.selection.strategies import Strategy, top_k
+from distillery.components.selection.pool import Pool
+from distillery.components.selection.strategies import Strategy, top_k
 
 #: mini-batch size of the Adam updates; a labelled set up to this size is trained full-batch.
 TRAIN_BATCH = 128

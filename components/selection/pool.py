@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from components import devices
+from distillery.components.core import devices
+from distillery.components.core.models import forward
 
 
 class Pool:
@@ -122,51 +123,13 @@ class Pool:
         if emb is not None:
             self._embeddings = emb
 
-    def subset(self, positions: np.ndarray) -> "Pool":
+    def subset(self, positions: np.ndarray) -> Pool:
         """The pool restricted to ``positions`` (cached outputs are sliced, not recomputed)."""
         def take(array):
             return None if array is None else array[positions]
 
         return Pool(take(self.features), self.model, self.labelled_features, self.labelled_labels,
                     self._num_classes, take(self._probs), take(self._embeddings), self.chunk_size)
-
-
-def last_linear(model: Any):
-    """The model's last ``nn.Linear`` module (whose input is the penultimate representation)."""
-    from torch import nn
-
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    if not linears:
-        raise ValueError("the model has no nn.Linear layer, so it has no penultimate features")
-    return linears[-1]
-
-
-def forward(model: Any, features: np.ndarray, chunk_size: int,
-            embeddings: bool) -> tuple[np.ndarray, np.ndarray | None]:
-    """Probabilities ``(N, K)`` and optionally embeddings ``(N, H)``, streamed in chunks, eval mode.
-    Each chunk runs on the model's device (in the current precision); results come back as float32
-    on the CPU."""
-    import torch
-
-    model.eval()
-    device = devices.model_device(model)
-    captured: list[torch.Tensor] = []
-    hook = last_linear(model).register_forward_hook(
-        lambda module, inputs, output: captured.append(inputs[0].detach())) if embeddings else None
-    probs, embs = [], []
-    try:
-        with torch.no_grad():
-            for start in range(0, len(features), chunk_size):
-                x = devices.to_model(model, features[start:start + chunk_size])
-                with devices.autocast(device):
-                    logits = model(x)
-                probs.append(logits.float().softmax(-1).cpu().numpy())
-                if embeddings:
-                    embs.append(captured.pop().reshape(len(x), -1).float().cpu().numpy())
-    finally:
-        if hook is not None:
-            hook.remove()
-    return np.concatenate(probs), (np.concatenate(embs) if embeddings else None)
 
 
 def as_pool(pool_or_probs: Any) -> Pool:

@@ -17,7 +17,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from components.selection.strategies import Strategy, is_scoring, resolve, top_k
+from distillery.components.selection.strategies import (
+    Strategy,
+    is_scoring,
+    resolve,
+    top_k,
+)
 
 
 def gumbel_top_k(logits: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:

@@ -1,6 +1,6 @@
 """Active-learning selection: the strategy base class and the uncertainty baselines.
 
-Baselines from ``../shared/methods.md`` §1, as surveyed by Settles, "Active Learning Literature
+Baselines as surveyed by Settles, "Active Learning Literature
 Survey", University of Wisconsin-Madison TR 1648, 2009:
 
 - random: uniform sampling without replacement;
@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from components.selection.pool import Pool, as_pool
+from distillery.components.selection.pool import Pool, as_pool
 
 
 class Strategy:
@@ -94,7 +94,7 @@ def top_k(scores: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
 
 def resolve(name: str, seed: int, params: dict[str, Any] | None = None) -> Strategy:
     """A registered selection strategy by name (what wrappers use to build the strategy they wrap)."""
-    from components import registry
+    from distillery.components.core import registry
 
     method = registry.get("selection", name)
     return method.load()(seed=seed, **method.resolve_params(params))

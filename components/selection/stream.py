@@ -15,7 +15,7 @@ import math
 
 import numpy as np
 
-from components.selection.strategies import Strategy, is_scoring, resolve
+from distillery.components.selection.strategies import Strategy, is_scoring, resolve
 
 #: scores kept unsorted before being merged into the sorted history (bounds the per-offer cost).
 _BUFFER = 512

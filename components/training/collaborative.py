@@ -1,8 +1,9 @@
 """Training-stage methods where several workers, clients or models train one teacher.
 
-Each is glue between the training task (:func:`components.training.tasks.run_training`: the standard
-signature, a model of ``arch`` built by :func:`components.training.models.build` coming back) and the
-algorithms of :mod:`components.training.spsa` and :mod:`components.training.federated`:
+Each is glue between the training task (:func:`distillery.components.training.tasks.run_training`: the standard
+signature, a model of ``arch`` built by :func:`distillery.components.core.models.build` coming back) and the
+algorithms of :mod:`distillery.components.training.spsa`, :mod:`distillery.components.training.federated` and
+:mod:`distillery.components.training.fusion`:
 
 * ``spsa_finetune`` (Zelikman et al., "Just One Byte (per gradient)", 2023): train ``arch`` with Adam,
   then fine-tune it with shared-randomness SPSA in ``workers`` real processes, each on its own shard
@@ -29,9 +30,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from components import devices
-from components.training.models import build
-from components.training.train import accuracy, cross_entropy, fit, train_classifier
+from distillery.components.core import devices
+from distillery.components.core.models import build
+from distillery.components.core.train import (
+    accuracy,
+    cross_entropy,
+    fit,
+    train_classifier,
+)
 
 
 def _active_mlflow():
@@ -41,7 +47,7 @@ def _active_mlflow():
 
 
 def _progress(message: str) -> None:
-    from components.tracking import progress
+    from distillery.components.core.tracking import progress
 
     progress(message)
 
@@ -54,13 +60,13 @@ def spsa_finetune(features, labels, meta: dict, arch: str, arch_kwargs: dict, ep
 
     ``batch_size`` is also the number of examples behind each projected gradient; ``rounds``,
     ``samples_per_worker`` (bytes each worker sends per round), ``spsa_lr``, ``epsilon`` configure
-    :class:`~components.training.spsa.SPSAConfig`; ``timeout_s`` bounds the worker launch.
+    :class:`~distillery.components.training.spsa.SPSAConfig`; ``timeout_s`` bounds the worker launch.
 
     Raises:
         ValueError: bad parameters (before training).
         WeightMismatchError: the workers' weights differ (a worker names which).
     """
-    from components.training import spsa
+    from distillery.components.training import spsa
 
     features, labels = np.asarray(features, dtype=np.float32), np.asarray(labels)
     if workers < 1 or rounds < 1:
@@ -110,7 +116,7 @@ def federated(features, labels, meta: dict, arch: str, arch_kwargs: dict, epochs
     (``epochs`` is unused when k = 1); the returned model is the cluster model serving the most items.
     ``on_epoch(round, mean client loss)`` follows the rounds.
     """
-    from components.training import federated as fl
+    from distillery.components.training import federated as fl
 
     if devices.current().device.type != "cpu":  # a simulation of many clients: one CPU process holds them all
         _progress(f"federated: the clients are simulated on the CPU (the stage's device {devices.current().device} "
@@ -154,7 +160,7 @@ def fusion(features, labels, meta: dict, arch: str, arch_kwargs: dict, epochs: i
            finetune_epochs: int = 5) -> nn.Module:
     """A base ``arch`` trained as :func:`train_classifier` does; ``models`` copies fine-tuned (Adam,
     ``finetune_epochs``) each on its own random ``subset_fraction`` of the labelled set; their average."""
-    from components.training import federated as fl
+    from distillery.components.training.fusion import fuse_finetuned
 
     if models < 1 or finetune_epochs < 1:
         raise ValueError(f"fusion needs models >= 1 and finetune_epochs >= 1, got {models}, {finetune_epochs}")
@@ -168,7 +174,7 @@ def fusion(features, labels, meta: dict, arch: str, arch_kwargs: dict, epochs: i
         rows = torch.as_tensor(np.random.default_rng([seed, i]).choice(len(y), size, replace=False))
         return fit(model, (x[rows], y[rows]), cross_entropy, finetune_epochs, lr, batch_size, seed + 1 + i)
 
-    fused, finetuned = fl.fuse_finetuned(base, finetune, models)
+    fused, finetuned = fuse_finetuned(base, finetune, models)
     if mlflow := _active_mlflow():  # accuracy on the labelled set: how far fusion sits from its parts
         mlflow.log_metrics({"fusion_base_accuracy": accuracy(base, x, y.numpy()),
                             "fusion_fused_accuracy": accuracy(fused, x, y.numpy()),

@@ -5,11 +5,11 @@ Li et al., "PyTorch Distributed: Experiences on Accelerating Data Parallel Train
 
 Two halves:
 
-* the **worker entrypoint**, ``python -m components.training.distributed`` (one process), or
-  ``torchrun --nproc-per-node N -m components.training.distributed ...`` (N ranks; the Kubernetes
+* the **worker entrypoint**, ``python -m distillery.components.training.distributed`` (one process), or
+  ``torchrun --nproc-per-node N -m distillery.components.training.distributed ...`` (N ranks; the Kubernetes
   TrainJob in ``k8s/training/trainjob.yaml`` runs the same module). Every rank runs the
-  single-process training code, :func:`components.training.train.train_classifier` /
-  :func:`~components.training.train.fit`, with ``distributed=True``: each global batch is
+  single-process training code, :func:`distillery.components.core.train.train_classifier` /
+  :func:`~distillery.components.core.train.fit`, with ``distributed=True``: each global batch is
   sharded over the ranks and DDP all-reduces the gradients, so N processes train the same model
   as one process with the same global batch (see ``train.py``). Backend: NCCL when CUDA is
   available (one GPU per local rank), else gloo on CPU. Inputs and outputs are files:
@@ -17,10 +17,10 @@ Two halves:
   - ``--data train.npz`` with ``features`` ``(N, D)`` float32, ``labels`` ``(N,)`` int64 and
     ``meta`` (the dataset's ``dataset.json`` as a JSON string); or ``--dataset data/mnist
     [--repo URL] [--rev REV]``, every row of a DVC-versioned dataset;
-  - ``--out model.pt``: the trained model, :func:`components.training.models.save` format,
+  - ``--out model.pt``: the trained model, :func:`distillery.components.core.models.save` format,
     written by rank 0 (atomically);
   - ``--checkpoint-dir DIR``: checkpoints every ``--checkpoint-every`` epochs, resumed from on
-    restart (:mod:`components.training.checkpoint`);
+    restart (:mod:`distillery.components.core.checkpoint`);
   - progress on stdout; one machine-readable line per event, ``DISTILLERY_METRICS {json}``
     (also appended to ``--metrics-out``), with the per-worker loss, sample count and time.
   - every option may instead be set in the environment as ``DISTILLERY_TRAIN_<OPTION>``
@@ -47,12 +47,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
-from components import devices
+from distillery.components.core import devices
 
 METRICS_PREFIX = "DISTILLERY_METRICS "
 ENV_PREFIX = "DISTILLERY_TRAIN_"
@@ -96,7 +97,7 @@ def train_data_parallel(features, labels, meta: dict, arch: str, arch_kwargs: di
                         extra_args: list[str] | None = None):
     """Train ``arch`` with cross-entropy on ``(features, labels)`` with ``nproc_per_node`` DDP ranks.
 
-    Same arguments and result as :func:`components.training.train.train_classifier`;
+    Same arguments and result as :func:`distillery.components.core.train.train_classifier`;
     ``batch_size`` is the global batch (each rank takes ``batch_size / nproc_per_node`` of it).
 
     Args:
@@ -113,7 +114,7 @@ def train_data_parallel(features, labels, meta: dict, arch: str, arch_kwargs: di
     Returns:
         the trained model (CPU, eval mode).
     """
-    from components.training import models
+    from distillery.components.core import models
 
     if not isinstance(nproc_per_node, int) or isinstance(nproc_per_node, bool) or nproc_per_node < 1:
         raise ValueError(f"nproc_per_node must be an integer >= 1, got {nproc_per_node!r}")
@@ -134,7 +135,7 @@ def train_data_parallel(features, labels, meta: dict, arch: str, arch_kwargs: di
                  meta=np.array(json.dumps(meta, sort_keys=True)))
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                    f"--nproc-per-node={nproc_per_node}", f"--max-restarts={max_restarts}",
-                   "-m", "components.training.distributed",
+                   "-m", "distillery.components.training.distributed",
                    "--data", str(data), "--out", str(out), "--arch", arch, "--arch-kwargs", json.dumps(arch_kwargs),
                    "--epochs", str(epochs), "--lr", repr(float(lr)), "--batch-size", str(batch_size),
                    "--seed", str(seed), "--checkpoint-dir", str(checkpoint_dir or tmp / "checkpoints"),
@@ -198,7 +199,7 @@ def _check_batch(batch_size: int, world: int) -> None:
 # Worker entrypoint (runs in every rank)
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m components.training.distributed",
+    p = argparse.ArgumentParser(prog="python -m distillery.components.training.distributed",
                                 description="Train a classifier; under torchrun, data-parallel (DDP).")
     src = p.add_mutually_exclusive_group()  # one is required: checked after the environment is read
     src.add_argument("--data", help="npz with features (N, D), labels (N,), meta (dataset.json as a string)")
@@ -218,7 +219,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints")
     p.add_argument("--device", choices=devices.DEVICES, default="auto",
                    help="auto: rank r on cuda:r when CUDA is available, else the CPU")
-    p.add_argument("--precision", choices=devices.PRECISIONS, default="fp32", help="bf16: forward passes under autocast")
+    p.add_argument("--precision", choices=devices.PRECISIONS, default="fp32",
+                   help="bf16: forward passes under autocast")
     p.add_argument("--backend", choices=("auto", "gloo", "nccl"), default="auto",
                    help="auto: nccl on CUDA, else gloo")
     p.add_argument("--timeout", type=float, default=300.0,
@@ -251,7 +253,7 @@ def _load_inputs(args) -> tuple[np.ndarray, np.ndarray, dict]:
             if missing:
                 raise ValueError(f"--data {path} lacks {sorted(missing)}; it has {sorted(blob.files)}")
             return blob["features"], blob["labels"], json.loads(str(blob["meta"]))
-    from components.datasets import read_dataset
+    from distillery.components.core.datasets import read_dataset
 
     return read_dataset(args.repo, args.dataset, args.rev)
 
@@ -338,8 +340,12 @@ def main(argv: list[str] | None = None) -> int:
     _validate(args)
     import torch
 
-    from components.training import models
-    from components.training.train import Checkpointing, SimulatedCrash, train_classifier
+    from distillery.components.core import models
+    from distillery.components.core.train import (
+        Checkpointing,
+        SimulatedCrash,
+        train_classifier,
+    )
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
@@ -391,7 +397,8 @@ def main(argv: list[str] | None = None) -> int:
         def on_workers(epoch: int, workers) -> None:
             trained.append(epoch)
             report.record({"event": "epoch", "epoch": epoch, "epochs": args.epochs,
-                           "train_loss": sum(w.loss * w.samples for w in workers) / max(1, sum(w.samples for w in workers)),
+                           "train_loss": (sum(w.loss * w.samples for w in workers)
+                                          / max(1, sum(w.samples for w in workers))),
                            "workers": [vars(w) for w in workers]})
 
         try:

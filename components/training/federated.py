@@ -1,29 +1,31 @@
-"""Clustered federated learning and model fusion.
+"""Federated learning: FedAvg, FedProx and clustered FL over simulated clients.
 
+* **FedAvg** (McMahan, Moore, Ramage, Hampson, Agüera y Arcas, "Communication-Efficient Learning of
+  Deep Networks from Decentralized Data", AISTATS 2017) and **FedProx** (Li, Sahu, Zaheer, Sanjabi,
+  Talwalkar, Smith, "Federated Optimization in Heterogeneous Networks", MLSys 2020): each round every
+  client refines the server model with local SGD on ``L_i(θ) + μ/2 ‖θ − θ_server‖²`` (μ = 0: FedAvg) and
+  the server averages the results weighted by the clients' sample counts ``n_i``.
 * **Clustered FL** (Su, Xu, Yang, "Global Convergence of Federated Learning for Mixed Regression",
   NeurIPS 2022). Every client ``i`` holds ``n_i`` samples from one of ``k`` unknown models. Phase 1:
   anchor clients fit local estimates from a common start; k-means on those estimates gives ``k`` coarse
   models (each the ``n_i``-weighted mean of its anchors). Phase 2, each round: every client picks the
   model with the lowest local loss, ``j_i = argmin_j L_i(θ_j)``, refines it with local SGD on
-  ``L_i(θ) + μ/2 ‖θ − θ_j‖²`` (μ = 0: FedAvg; μ > 0: FedProx), and the server sets each
-  ``θ_j = Σ_{i: j_i = j} n_i θ_i / Σ n_i``. The output is the ``k`` models and a cluster label per client.
-* **Model fusion** (Choshen, Venezian, Slonim, Katz, "Fusing finetuned models for better pretraining",
-  arXiv:2204.03044, 2022): the parameter average of several models fine-tuned from one base, used as
-  the new base.
+  ``L_i(θ) + μ/2 ‖θ − θ_j‖²``, and the server sets each ``θ_j = Σ_{i: j_i = j} n_i θ_i / Σ n_i``. The
+  output is the ``k`` models and a cluster label per client.
 
 The clients here are simulated in one process: that is the algorithm (what the server and each client
 compute, and what they exchange: models, never data). Each client's update reads only its own data and
 the model the server sent it, so putting a transport between them changes no number.
 
 Models travel as flat parameter vectors ``θ`` of shape ``(P,)`` (``parameters_to_vector`` order); one
-template ``nn.Module`` evaluates any of them.
+template ``nn.Module`` evaluates any of them. Model fusion is :mod:`distillery.components.training.fusion`;
+synthetic federations and MNIST demos are ``benchmarks/federated_demos.py``.
 """
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from itertools import permutations
-from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -288,18 +290,6 @@ def _round_metrics(model, thetas, clients, loss_fn, labels, k) -> dict:
     return metrics
 
 
-def cluster_agreement(predicted: Sequence[int], truth: Sequence[int]) -> tuple[float, tuple[int, ...]]:
-    """Fraction of clients labelled correctly under the best relabelling of the predicted clusters.
-
-    Returns ``(accuracy, permutation)`` with ``permutation[j]`` the true cluster of predicted cluster j.
-    Brute force over ``k!`` relabellings (k is small here).
-    """
-    predicted, truth = np.asarray(predicted), np.asarray(truth)
-    k = int(max(predicted.max(), truth.max())) + 1
-    best = max(permutations(range(k)), key=lambda p: (np.asarray(p)[predicted] == truth).mean())
-    return float((np.asarray(best)[predicted] == truth).mean()), tuple(best)
-
-
 def mlflow_callback(prefix: str = "") -> RoundCallback:
     """Log each round's metrics (per client: ``loss_client_<i>``) to the active MLflow run, step = round."""
     import mlflow
@@ -327,195 +317,3 @@ def label_sorted_shards(labels: Sequence[int], n_clients: int, shards_per_client
     shards = np.array_split(shuffled[np.argsort(labels[shuffled], kind="stable")], n_shards)
     owners = rng.permutation(n_shards).reshape(n_clients, shards_per_client)
     return [np.concatenate([shards[s] for s in mine]) for mine in owners]
-
-
-# ------------------------------------------------------------------------- synthetic mixed regression
-
-def half_mse(output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """``mean((f(x) − y)²) / 2`` for a model with one output ``(n, 1)`` and targets ``(n,)``."""
-    return (output.reshape(-1) - y).pow(2).mean() / 2
-
-
-def mixed_linear_regression(k: int, d: int, n_clients: int, n_per_client: int, noise: float = 0.1,
-                            seed: int = 0) -> tuple[list[Client], np.ndarray, torch.Tensor]:
-    """Clients of a mixture of ``k`` linear models: ``y = x·θ*_{c_i} + noise``, ``x ~ N(0, I_d)``.
-
-    Returns:
-        ``(clients, true_labels (n_clients,), true_thetas (k, d))``; clients are split evenly over
-        the models in shuffled order.
-    """
-    generator = torch.Generator().manual_seed(seed)
-    true_thetas = torch.randn(k, d, generator=generator)
-    labels = np.random.default_rng(seed).permutation(np.arange(n_clients) % k)
-    clients = []
-    for c in labels:
-        x = torch.randn(n_per_client, d, generator=generator)
-        y = x @ true_thetas[c] + noise * torch.randn(n_per_client, generator=generator)
-        clients.append(Client(x, y))
-    return clients, labels, true_thetas
-
-
-def linear_model(d: int) -> nn.Module:
-    """``f(x) = x·θ`` (no bias) with ``θ = 0``: the common start of the mixed-regression clients."""
-    model = nn.Linear(d, 1, bias=False)
-    nn.init.zeros_(model.weight)
-    return model
-
-
-# ---------------------------------------------------------------------------------------- model fusion
-
-def fuse_state_dicts(states: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """The element-wise mean of floating tensors over ``states`` (accumulated in float64, cast back).
-
-    Non-floating entries (counters, index buffers) must be equal in every model and are kept.
-
-    Raises:
-        ValueError: no models, or a model whose keys or shapes differ from model 0's (named).
-    """
-    if not states:
-        raise ValueError("fusion needs at least one model")
-    first = states[0]
-    for i, state in enumerate(states[1:], start=1):
-        if set(state) != set(first):
-            raise ValueError(f"model {i}'s keys differ from model 0's: "
-                             f"{sorted(set(state) ^ set(first))[:5]}")
-        for key, tensor in state.items():
-            if tensor.shape != first[key].shape:
-                raise ValueError(f"model {i}'s {key} has shape {tuple(tensor.shape)}, "
-                                 f"model 0's {tuple(first[key].shape)}")
-    fused = {}
-    for key, tensor in first.items():
-        if tensor.is_floating_point():
-            fused[key] = torch.stack([s[key].double() for s in states]).mean(0).to(tensor.dtype)
-        elif any(not torch.equal(s[key], tensor) for s in states):
-            raise ValueError(f"non-floating entry {key} differs between models; cannot average it")
-        else:
-            fused[key] = tensor.clone()
-    return fused
-
-
-def fuse(models: Sequence[nn.Module]) -> nn.Module:
-    """A copy of ``models[0]`` holding the average of every model's weights (Choshen et al. 2022)."""
-    fused = copy.deepcopy(models[0])
-    fused.load_state_dict(fuse_state_dicts([m.state_dict() for m in models]))
-    return fused.eval()
-
-
-def fuse_finetuned(base: nn.Module, finetune: Callable[[nn.Module, int], nn.Module],
-                   n_models: int) -> tuple[nn.Module, list[nn.Module]]:
-    """Fine-tune ``n_models`` copies of ``base`` (``finetune(copy, index)``, e.g. on different data) and
-    fuse them: the fused model is the new base. Returns ``(fused, finetuned)``."""
-    if n_models < 1:
-        raise ValueError(f"n_models must be >= 1, got {n_models}")
-    finetuned = [finetune(copy.deepcopy(base), i) for i in range(n_models)]
-    return fuse(finetuned), finetuned
-
-
-# ------------------------------------------------------------------------------------ MNIST demos
-
-def _mnist(data_dir: str, seed: int, test_size: int = 1000):
-    import json
-    from pathlib import Path
-
-    from components.training.spsa import load_mnist
-
-    x, y = load_mnist(data_dir)
-    meta = json.loads((Path(data_dir) / "dataset.json").read_text())
-    order = np.random.default_rng(seed).permutation(len(x))
-    return (torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.long), meta,
-            order[test_size:], order[:test_size])
-
-
-def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    with torch.no_grad():
-        return float((model.eval()(x).argmax(1) == y).float().mean())
-
-
-def mnist_cluster_clients(x: torch.Tensor, y: torch.Tensor, rows: np.ndarray, k: int, anchors_per_cluster: int = 2,
-                          anchor_size: int = 300, seed: int = 0) -> tuple[list[Client], np.ndarray, list[int]]:
-    """A non-IID MNIST federation with ``k`` real models: cluster ``c`` relabels digit ``y`` as
-    ``(y + c) mod 10`` (a label permutation, so no single model fits two clusters).
-
-    Each cluster gets its own share of ``rows``: ``anchors_per_cluster`` anchor clients of
-    ``anchor_size`` images of all digits, then five clients holding two digits each
-    (0-1, 2-3, ..., 8-9) of the rest. Returns ``(clients, true_clusters, anchor_indices)``.
-    """
-    rng = np.random.default_rng(seed)
-    clients, truth, anchors = [], [], []
-    for c, share in enumerate(np.array_split(rng.permutation(rows), k)):
-        relabel = lambda r: (y[r] + c) % 10  # noqa: E731 - the cluster's model
-        for a in range(anchors_per_cluster):
-            part = share[a * anchor_size:(a + 1) * anchor_size]
-            anchors.append(len(clients))
-            clients.append(Client(x[part], relabel(part)))
-            truth.append(c)
-        rest = share[anchors_per_cluster * anchor_size:]
-        for pair in range(5):
-            part = rest[np.isin(y[rest].numpy(), [2 * pair, 2 * pair + 1])]
-            clients.append(Client(x[part], relabel(part)))
-            truth.append(c)
-    return clients, np.asarray(truth), anchors
-
-
-def mnist_clustered_demo(data_dir: str = "data/mnist", k: int = 2, rounds: int = 10, seed: int = 0,
-                         sgd: LocalSGD = LocalSGD(epochs=1, lr=0.1), callback: RoundCallback | None = None) -> dict:
-    """Clustered FL vs one FedAvg model on the federation of :func:`mnist_cluster_clients`.
-
-    Each client's model (its cluster's, or the single global one) is scored on 1,000 held-out images
-    labelled by the client's own cluster; accuracies are averaged over clients weighted by ``n_i``.
-    """
-    from components.training import models
-
-    x, y, meta, train_rows, test_rows = _mnist(data_dir, seed)
-    clients, truth, anchors = mnist_cluster_clients(x, y, train_rows, k, seed=seed)
-    torch.manual_seed(seed)
-    template = models.build("mlp", meta)
-    start = vector_of(template)
-    result = clustered_fl(template, clients, k, nn.functional.cross_entropy, rounds, sgd, anchors,
-                          anchor_sgd=LocalSGD(10, sgd.lr, sgd.batch_size), init=start, seed=seed, callback=callback)
-    # the baseline gets as many local epochs in all as the anchors' and refinement rounds together
-    single = fedavg(template, clients, nn.functional.cross_entropy, rounds + 10, sgd, init=start, seed=seed)
-    xt, yt = x[test_rows], y[test_rows]
-    weights = [c.n for c in clients]
-
-    def score(theta_of_client) -> float:
-        return float(np.average([_accuracy(model_at(template, theta_of_client(i)), xt, (yt + truth[i]) % 10)
-                                 for i in range(len(clients))], weights=weights))
-
-    agreement, _ = cluster_agreement(result.labels, truth)
-    return {"clients": len(clients), "k": k, "cluster_label_accuracy": agreement,
-            "labels": result.labels.tolist(), "true_clusters": truth.tolist(),
-            "clustered_accuracy": score(lambda i: result.thetas[result.labels[i]]),
-            "fedavg_accuracy": score(lambda i: single)}
-
-
-def mnist_fusion_demo(data_dir: str = "data/mnist", n_models: int = 3, subset_size: int = 400,
-                      base_labels: int = 100, epochs: int = 5, seed: int = 0) -> dict:
-    """Fuse MLPs fine-tuned from one base (trained on ``base_labels`` images) on ``n_models`` disjoint
-    subsets; held-out accuracy of the base, each fine-tuned model, their mean and the fused model."""
-    from components.training.train import train_classifier
-
-    x, y, meta, train_rows, test_rows = _mnist(data_dir, seed)
-    base_rows = train_rows[:base_labels]
-    base = train_classifier(x[base_rows].numpy(), y[base_rows].numpy(), meta, "mlp", {}, 15, 1e-3, 32, seed)
-    subsets = np.array_split(train_rows[base_labels:base_labels + n_models * subset_size], n_models)
-    generator = torch.Generator().manual_seed(seed)
-    sgd = LocalSGD(epochs=epochs, lr=0.05)
-
-    def finetune(model: nn.Module, i: int) -> nn.Module:
-        client = Client(x[subsets[i]], y[subsets[i]])
-        load_vector(model, local_update(model, vector_of(model), client, nn.functional.cross_entropy, sgd,
-                                        generator))
-        return model.eval()
-
-    fused, finetuned = fuse_finetuned(base, finetune, n_models)
-    xt, yt = x[test_rows], y[test_rows]
-    individual = [_accuracy(m, xt, yt) for m in finetuned]
-    return {"base_accuracy": _accuracy(base, xt, yt), "individual_accuracy": individual,
-            "mean_individual_accuracy": float(np.mean(individual)), "fused_accuracy": _accuracy(fused, xt, yt)}
-
-
-if __name__ == "__main__":
-    import json
-
-    print(json.dumps({"clustered_fl": mnist_clustered_demo(), "fusion": mnist_fusion_demo()}, indent=2))

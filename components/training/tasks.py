@@ -11,22 +11,23 @@ run's ``teacher_test_accuracy``). Parameters map onto that call in one of two wa
   ``fusion``, ``ddp_trainjob``, ``adbo_job``): ``arch`` names the architecture, ``arch_kwargs`` holds its
   arguments, and every other parameter is a keyword of the method.
 
-Methods that train in the cluster (parameter ``namespace``: ``ddp_trainjob``, ``adbo_job``, see
-:mod:`components.training.launcher`) also get this task's MLflow run to stage data and model
+Methods registered with ``execution="cluster"`` (``ddp_trainjob``, ``adbo_job``, see
+:mod:`distillery.components.training.cluster`) also get this task's MLflow run to stage data and model
 through, a fresh object name, and hooks that stream the job's progress and tag the run with
 ``distillery.k8s.kind/namespace/name/state``.
 
-Methods that run their workers in other processes (``ddp``: parameter ``nproc_per_node``) also
+Methods registered with ``execution="torchrun"`` (``ddp``: workers in other processes) also
 log per-worker metrics (``train_loss_rank{r}``, ``samples_per_second_rank{r}``, ...) and MLflow
 system metrics (CPU, memory, GPU of the machine the task runs on) on the training run.
+The method's call and its result: the stage contract, :mod:`distillery.components.training.contract`.
 """
 from __future__ import annotations
 
 import os
 from contextlib import contextmanager
 
-from components.datasets import load_arrays, load_labelled
-from components.tracking import method_task, parent_run_id, progress
+from distillery.components.core.datasets import load_arrays, load_labelled
+from distillery.components.core.tracking import method_task, parent_run_id, progress
 
 TRAINING_KEYS = ("epochs", "lr", "batch_size")
 SYSTEM_METRICS_INTERVAL_S = 5.0
@@ -35,9 +36,9 @@ CHECKPOINT_ROOT_ENV = "DISTILLERY_CHECKPOINT_DIR"  # a persistent volume: resume
 
 def run_training(method: str, context: str, run_key: str, params: str, round_index: int, dataset: str,
                  splits: str, labelled: str, model_out: str) -> None:
-    from components import registry
+    from distillery.components.core import registry
 
-    launched = "nproc_per_node" in registry.get("training", method).defaults
+    launched = registry.get("training", method).execution == "torchrun"
     with _system_metrics(launched):
         _run_training(method, context, run_key, params, round_index, dataset, splits, labelled, model_out, launched)
 
@@ -45,10 +46,8 @@ def run_training(method: str, context: str, run_key: str, params: str, round_ind
 def _run_training(method: str, context: str, run_key: str, params: str, round_index: int, dataset: str,
                   splits: str, labelled: str, model_out: str, launched: bool) -> None:
     import mlflow
-
-    from components import registry
-    from components.training import models
-    from components.training.train import accuracy
+    from distillery.components.core import models, registry
+    from distillery.components.core.train import accuracy
 
     with method_task("training", method, context, run_key, params, round_index) as (ctx, entry, p):
         data, split, labels = load_labelled(dataset), load_arrays(splits), load_arrays(labelled)
@@ -74,7 +73,7 @@ def _run_training(method: str, context: str, run_key: str, params: str, round_in
         if launched:
             method_kwargs.update(_worker_hooks(p, arch, run_key, registry.task_name("training", method, round_index),
                                                done))
-        elif "namespace" in p:  # trains in the cluster (components.training.launcher)
+        elif entry.execution == "cluster":  # a TrainJob/Job (distillery.components.training.cluster)
             method_kwargs.update(_cluster_hooks(method, run_key, round_index))
         model = entry.load()(*args, **method_kwargs)
         if done:
@@ -99,7 +98,7 @@ def _worker_hooks(p: dict, arch: str, run_key: str, task: str, done: dict) -> di
     mlflow.set_tags({"distillery.world_size": str(p["nproc_per_node"]), "distillery.arch": arch})
 
     def on_workers(epoch: int, workers: list[dict]) -> None:
-        from components.training.distributed import epoch_metrics
+        from distillery.components.training.distributed import epoch_metrics
 
         metrics = epoch_metrics({"train_loss": 0.0, "workers": workers})
         metrics.pop("train_loss")  # logged by on_epoch, with the task's progress lines
@@ -123,8 +122,7 @@ def _cluster_hooks(method: str, run_key: str, round_index: int) -> dict:
     import secrets
 
     import mlflow
-
-    from components.training.launcher import job_name
+    from distillery.components.training.cluster.manifests import job_name
 
     def on_job(manifest: dict, state: str) -> None:
         meta = manifest["metadata"]

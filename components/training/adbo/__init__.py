@@ -10,14 +10,14 @@ Layout (maths apart from transport, so the update rules are testable without pro
   against a clean validation set), ``feature_reg`` (per-feature L2 penalties).
 * :mod:`.runtime` -- master and workers as separate processes over ``torch.distributed.rpc``
   (TensorPipe): lost workers dropped, checkpoints, MLflow (:mod:`.tracking`).
-* :mod:`.launcher` -- starts N + 1 local processes of ``python -m components.training.adbo`` with
+* :mod:`.launcher` -- starts N + 1 local processes of ``python -m distillery.components.training.adbo`` with
   the environment a Kubernetes Indexed Job gives (``k8s/training/async-workers.yaml``).
 * :mod:`.hyperclean` -- the training-stage method ``adbo_hyperclean``.
 
 Example::
 
-    from components.training.adbo.config import ADBOConfig
-    from components.training.adbo.launcher import launch
+    from distillery.components.training.adbo.config import ADBOConfig
+    from distillery.components.training.adbo.launcher import launch
 
     result = launch(ADBOConfig(problem="hyperclean", workers=4, s=2, tau=4, iterations=300,
                                delay_base=0.03, delay_median=0.03, slowdown={1: 3.0}), "adbo-out/")

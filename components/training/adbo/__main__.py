@@ -1,7 +1,7 @@
-"""``python -m components.training.adbo``: one ADBO process (rank 0 master, ranks 1..N workers).
+"""``python -m distillery.components.training.adbo``: one ADBO process (rank 0 master, ranks 1..N workers).
 
 The rank and group come from the environment (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``,
-``MASTER_PORT``), as a Kubernetes Indexed Job or :func:`components.training.adbo.launcher.start`
+``MASTER_PORT``), as a Kubernetes Indexed Job or :func:`distillery.components.training.adbo.launcher.start`
 sets them; the run's settings from ``--config FILE`` or ``--config-json TEXT`` (an
 :class:`ADBOConfig` as JSON; ``workers`` defaults to ``WORLD_SIZE - 1``, ``tracking_uri`` to
 ``MLFLOW_TRACKING_URI``).
@@ -16,7 +16,8 @@ from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m components.training.adbo", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m distillery.components.training.adbo",
+                                     description=__doc__.split("\n\n")[0])
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--config", type=Path, help="ADBOConfig as a JSON file")
     source.add_argument("--config-json", help="ADBOConfig as JSON text")
@@ -35,8 +36,8 @@ def main(argv: list[str] | None = None) -> int:
 
     # torch.distributed.rpc's own init warns about its internal use of gloo: not ours to fix
     warnings.filterwarnings("ignore", message="You are using a Backend")
-    from components.training.adbo import runtime
-    from components.training.adbo.config import ADBOConfig, ADBOConfigError
+    from distillery.components.training.adbo import runtime
+    from distillery.components.training.adbo.config import ADBOConfig, ADBOConfigError
 
     text = args.config.read_text() if args.config else args.config_json or "{}"
     try:

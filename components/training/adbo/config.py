@@ -5,7 +5,7 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from components.training.adbo.core import Hyper
+from distillery.components.training.adbo.core import Hyper
 
 
 class ADBOConfigError(ValueError):
@@ -75,7 +75,7 @@ class ADBOConfig:
 
     def hyperparameters(self) -> Hyper:
         """:class:`Hyper` from the problem's recommended values overridden by ``hyper``."""
-        from components.training.adbo.problems import RECOMMENDED_HYPER
+        from distillery.components.training.adbo.problems import RECOMMENDED_HYPER
 
         return Hyper(**{**RECOMMENDED_HYPER.get(self.problem, {}), **self.hyper})
 
@@ -113,7 +113,7 @@ class ADBOConfig:
         return json.dumps(asdict(self), sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "ADBOConfig":
+    def from_json(cls, text: str) -> ADBOConfig:
         data = json.loads(text)
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)

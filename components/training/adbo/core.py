@@ -27,8 +27,8 @@ Shapes: ``v``, ``x_i``, ``theta_i``, ``a_l`` are ``(n,)`` (upper variable); ``z`
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Callable
 
 import torch
 

@@ -1,29 +1,29 @@
 """Training-stage method ``adbo_hyperclean``: learn per-sample weights with ADBO, then train.
 
-Same call signature as :func:`components.training.train.train_classifier`, plus ADBO's own
+Same call signature as :func:`distillery.components.core.train.train_classifier`, plus ADBO's own
 keyword parameters: a small, stratified part of the labelled set is held out as the trusted
 validation set, ADBO (Jiao et al., ICLR 2023; data hyper-cleaning as in its Sec. 5) learns a weight
 in (0, 1) for every other sample with a linear classifier as the lower level, split across
 ``workers`` processes, and the requested architecture is then trained by the normal
-:func:`components.training.train.fit` on the weighted samples plus the held-out ones (weight 1).
+:func:`distillery.components.core.train.fit` on the weighted samples plus the held-out ones (weight 1).
 """
 from __future__ import annotations
 
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from components import devices
-from components.training import models
-from components.training.adbo import problems
-from components.training.adbo.config import ADBOConfig
-from components.training.adbo.launcher import launch
+from distillery.components.core import devices, models
+from distillery.components.training.adbo import problems
+from distillery.components.training.adbo.config import ADBOConfig
+from distillery.components.training.adbo.launcher import launch
 
 
 def hold_out(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -45,7 +45,7 @@ Runner = Callable[[ADBOConfig, Path, Path], Path]
 
 
 def local_runner(timeout: float | None = None) -> Runner:
-    """Master and workers as processes on this machine (:func:`components.training.adbo.launcher.launch`)."""
+    """Master and workers as processes on this machine (:func:`distillery.components.training.adbo.launcher.launch`)."""
     def run(config: ADBOConfig, split: Path, output_dir: Path) -> Path:
         launch(config, output_dir, timeout=timeout)
         return output_dir / "final.pt"
@@ -63,7 +63,7 @@ def learn_weights(features: np.ndarray, labels: np.ndarray, val_features: np.nda
         config: :class:`ADBOConfig` fields; ``problem_kwargs`` may set ``pca``, ``ridge``,
             ``logit_scale``, ``warm_start`` (the data comes from here).
         runner: where the ADBO run happens (default :func:`local_runner` with ``timeout``; the
-            cluster's: :func:`components.training.launcher.adbo_job`).
+            cluster's: :func:`distillery.components.training.cluster.methods.adbo_job`).
     Returns:
         weights ``(n,)`` in (0, 1).
     """
@@ -105,18 +105,18 @@ def adbo_hyperclean(features, labels, meta: dict, arch: str, arch_kwargs: dict, 
 
     Args:
         features, labels, meta, arch, arch_kwargs, epochs, lr, batch_size, seed, on_epoch: as
-            :func:`components.training.train.train_classifier`.
+            :func:`distillery.components.core.train.train_classifier`.
         workers, s, tau, iterations, hyper, problem_kwargs, rpc_timeout, min_workers: the ADBO run
             (:class:`ADBOConfig`); ``val_fraction``: share of each class held out as clean.
         runner: where ADBO runs (:func:`learn_weights`); ``timeout`` applies to the local one.
     """
-    from components.training.train import fit
+    from distillery.components.core.train import fit
 
     features, labels = np.asarray(features), np.asarray(labels)
     train_rows, val_rows = hold_out(labels, val_fraction, seed)
     config = {"workers": workers, "s": s, "tau": tau, "iterations": iterations, "hyper": hyper or {},
-              "problem_kwargs": problem_kwargs or {}, "rpc_timeout": rpc_timeout, "min_workers": min_workers, "seed": seed,
-              "run_name": "adbo-hyperclean", **_mlflow_parent()}
+              "problem_kwargs": problem_kwargs or {}, "rpc_timeout": rpc_timeout, "min_workers": min_workers,
+              "seed": seed, "run_name": "adbo-hyperclean", **_mlflow_parent()}
     with tempfile.TemporaryDirectory(prefix="adbo-") as tmp:
         weights = learn_weights(features[train_rows], labels[train_rows], features[val_rows], labels[val_rows],
                                 len(meta["classes"]), config, tmp, timeout, runner)

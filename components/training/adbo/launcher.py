@@ -1,4 +1,4 @@
-"""Start an ADBO run on this machine: N + 1 processes of ``python -m components.training.adbo``.
+"""Start an ADBO run on this machine: N + 1 processes of ``python -m distillery.components.training.adbo``.
 
 Each process gets ``RANK``/``WORLD_SIZE``/``MASTER_ADDR``/``MASTER_PORT`` exactly as a Kubernetes
 Indexed Job gives its pods, so the local run exercises the cluster entrypoint. ::
@@ -20,8 +20,14 @@ from typing import Any
 
 import torch
 
-from components.training.adbo.config import ADBOConfig
-from components.training.adbo.runtime import ERROR, FINAL, HISTORY, RESULT, ADBOError
+from distillery.components.training.adbo.config import ADBOConfig
+from distillery.components.training.adbo.runtime import (
+    ERROR,
+    FINAL,
+    HISTORY,
+    RESULT,
+    ADBOError,
+)
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -129,7 +135,7 @@ def start(config: ADBOConfig, output_dir: str | Path, addr: str = "127.0.0.1", p
     for rank in (range(world_size) if ranks is None else ranks):
         with open(output_dir / f"rank-{rank}.log", "w") as log_file:
             processes[rank] = subprocess.Popen(
-                [sys.executable, "-m", "components.training.adbo", "--config", str(config_path),
+                [sys.executable, "-m", "distillery.components.training.adbo", "--config", str(config_path),
                  "--output-dir", str(output_dir)],
                 env={**env, "RANK": str(rank)}, cwd=ROOT, stdout=log_file, stderr=subprocess.STDOUT)
     return LocalCluster(config, output_dir, processes)

@@ -10,13 +10,13 @@ the reports of the workers the :func:`core.gate` let through into its state
 from __future__ import annotations
 
 import heapq
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
-from components.training.adbo import core
-from components.training.adbo.problems import Problem, Shard
+from distillery.components.training.adbo import core
+from distillery.components.training.adbo.problems import Problem, Shard
 
 Tensor = torch.Tensor
 

@@ -1,12 +1,12 @@
 """The master's checkpoints: its whole state as plain tensors/numbers, through
-:mod:`components.training.checkpoint` (atomic write, verified read-back, sha256 on load)."""
+:mod:`distillery.components.core.checkpoint` (atomic write, verified read-back, sha256 on load)."""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from components.training import checkpoint
-from components.training.adbo import core
+from distillery.components.core import checkpoint
+from distillery.components.training.adbo import core
 
 
 def _part_dict(part: core.Linearisation) -> dict[str, Any]:

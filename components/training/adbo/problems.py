@@ -16,9 +16,10 @@ the master's view (metrics of the consensus point).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -159,7 +160,7 @@ def load_features(path: str, repo: str | None = None, rev: str | None = None) ->
     """``(features, labels, meta)`` of a dataset folder: read through DVC from ``repo`` (a git URL
     or path; on a cluster, where images hold no data) at ``rev``, else from this checkout."""
     if repo:
-        from components.datasets import read_dataset
+        from distillery.components.core.datasets import read_dataset
 
         features, labels, meta = read_dataset(repo, path, rev)
         return features.astype(np.float32), labels.astype(np.int64), meta

@@ -1,7 +1,7 @@
 """ADBO's master and workers as separate processes over ``torch.distributed.rpc`` (TensorPipe).
 
 Rank 0 is the master, ranks 1..N the workers; every process is started the same way
-(``python -m components.training.adbo``) with ``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` and
+(``python -m distillery.components.training.adbo``) with ``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` and
 ``MASTER_PORT`` in its environment, by the local launcher (:mod:`.launcher`) or a Kubernetes
 Indexed Job (``k8s/training/async-workers.yaml``).
 
@@ -29,9 +29,9 @@ import numpy as np
 import torch
 from torch.distributed import rpc
 
-from components.training.adbo import core, loop, persist, problems
-from components.training.adbo.config import ADBOConfig
-from components.training.adbo.tracking import NullTracker, tracker
+from distillery.components.training.adbo import core, loop, persist, problems
+from distillery.components.training.adbo.config import ADBOConfig
+from distillery.components.training.adbo.tracking import NullTracker, tracker
 
 MASTER = "master"
 RESULT, ERROR, FINAL, HISTORY = "result.json", "error.json", "final.pt", "history.jsonl"

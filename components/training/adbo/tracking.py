@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from components.training.adbo.config import ADBOConfig
+from distillery.components.training.adbo.config import ADBOConfig
 
 FLUSH_EVERY = 25
 
