@@ -22,15 +22,25 @@ user does not know the classes of an unlabelled pool), same schedule; minority-c
 the end and query time, with and without AnchorAL (entropy vs anchoral(entropy), badge vs
 anchoral(badge)), and the peer's entropy and BADGE.
 
+The training axis: a label ``<strategy>+pool`` runs that strategy with pool-aware training (every
+round's model also learns from the unlabelled pool; FixMatch or mean teacher, chosen on a validation
+split by ``benchmarks.pool_aware_tuning`` and frozen in ``benchmarks/configs/pool_aware.json``, whose
+hash the result records) on the schedule 20..200 by 20, then 300 and 400; full-data accuracy, the 95%
+mark, stays that of supervised training on all 4,000 labels. Such a run writes
+``al_label_efficiency_pool_aware.json`` and a PNG of accuracy against labels, the peer on it.
+
 (strategy, seed) jobs run in worker processes (``--workers``, default 2), one torch thread each.
 
     python -m benchmarks.al_label_efficiency                 # everything (tens of minutes on 2 cores)
     python -m benchmarks.al_label_efficiency --quick         # tiny schedule and training, 1 seed (seconds)
     python -m benchmarks.al_label_efficiency --strategies entropy,badge,peer:entropy --no-imbalanced
+    python -m benchmarks.al_label_efficiency --no-imbalanced \
+        --strategies random,margin,badge,peer:margin,peer:badge,random+pool,margin+pool,badge+pool,entropy+pool
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -56,6 +66,11 @@ TARGET_FRACTION = 0.95
 ANCHORAL = {"subpool_size": 1000}  # 25% of the 4,000-item pool; neighbours/anchors: registry defaults
 MINORITY_CLASS, MINORITY_SHARE = 9, 0.01
 PEER_PREFIX = "peer:"
+POOL_AWARE = "+pool"  # label suffix: the strategy with the frozen pool-aware training
+POOL_AWARE_CONFIG = ROOT / "benchmarks" / "configs" / "pool_aware.json"
+POOL_AWARE_SCHEDULE = list(range(20, 201, 20)) + [300, 400]
+POOL_AWARE_QUICK = {"epochs": 1}
+POOL_AWARE_REPORT_AT = (100, 200, 400)
 
 
 def strategy_configs() -> dict[str, tuple[str, dict]]:
@@ -126,15 +141,17 @@ def run_job(job: dict) -> dict:
             accuracy, recall = evaluate(model, x[test], y[test], len(meta["classes"]))
             return {**job, "accuracy": accuracy, "seconds": time.perf_counter() - started}
         pool = data["pool"] if job["setting"] == "balanced" else data["imbalanced"]
-        label = job["label"]
+        label = job["label"].removesuffix(POOL_AWARE)
         if label.startswith(PEER_PREFIX):
             from benchmarks import _peers
 
             strategy, params = _peers.selector(label[len(PEER_PREFIX):], job["seed"]), None
         else:
             strategy, params = job["name"], job["params"]
+        pool_aware = job.get("pool_aware") or {}
         curve = run_active_learning(strategy, params, x[pool], y[pool], x[test], y[test], meta, job["schedule"],
-                                    job["seed"], MODEL, job["train"], initial=job["initial"])
+                                    job["seed"], MODEL, job["train"], initial=job["initial"],
+                                    training=pool_aware.get("method"), training_params=pool_aware.get("params"))
         return {**job, "curve": [r._asdict() for r in curve], "seconds": time.perf_counter() - started}
     except Exception as exc:  # one failing strategy must not sink the whole benchmark
         return {**job, "error": f"{type(exc).__name__}: {exc}", "seconds": time.perf_counter() - started}
@@ -168,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
         labels = [s.strip() for s in args.strategies.split(",") if s.strip()]
     else:
         labels = QUICK_STRATEGIES if args.quick else list(configs) + peer_labels
-    unknown = sorted(set(labels) - set(configs) - set(peer_labels))
+    unknown = sorted({s.removesuffix(POOL_AWARE) for s in labels} - set(configs) - set(peer_labels)
+                     | {s for s in labels if s.endswith(POOL_AWARE) and s.startswith(PEER_PREFIX)})
     if unknown:
         raise SystemExit(f"unknown strategies {unknown}; choose among {sorted(configs) + peer_labels}")
     if "random" not in labels:
@@ -183,14 +201,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.strategies:  # only the requested strategies, on the imbalanced pool too
         imbalanced_labels = [s for s in imbalanced_labels if s in labels]
 
+    pool_aware = pool_aware_training(args.quick) if any(s.endswith(POOL_AWARE) for s in labels) else None
+    imbalanced_labels = [s for s in imbalanced_labels if not s.endswith(POOL_AWARE)]
     jobs = [{"setting": "full", "label": "full data", "seed": s, "train": train} for s in range(seeds)]
     for setting, names, initial in (("balanced", labels, "stratified"), ("imbalanced", imbalanced_labels, "random")):
         for label in names:
-            name, params = configs.get(label, (label, None))
+            name, params = configs.get(label.removesuffix(POOL_AWARE), (label, None))
+            extra = {"schedule": schedule}
+            if label.endswith(POOL_AWARE):
+                extra = {"schedule": schedule if args.quick else POOL_AWARE_SCHEDULE, "pool_aware": pool_aware}
             jobs += [{"setting": setting, "label": label, "name": name, "params": params, "seed": s,
-                      "schedule": schedule, "initial": initial, "train": train} for s in range(seeds)]
+                      "initial": initial, "train": train, **extra} for s in range(seeds)]
     # slowest first, so the two workers finish together
-    slow = ("neuronal", "gradnorm", "coreset", "badge", "bald")
+    slow = ("neuronal", "gradnorm", "coreset", "badge", "bald", POOL_AWARE)
     jobs.sort(key=lambda j: (not any(k in j["label"] for k in slow), j["setting"] != "full"))
 
     data = load_data()
@@ -221,14 +244,72 @@ def main(argv: list[str] | None = None) -> int:
 
     result = summarise(results, labels, imbalanced_labels, schedule, seeds, data)
     result["protocol"]["quick"] = args.quick
+    if pool_aware:
+        result["pool_aware"] = summarise_pool_aware(result, pool_aware)
     if train:
         result["protocol"]["training_overrides"] = train
     from benchmarks import _results
 
     result["machine"] = _results.machine_info(load_before)
     result["wall_seconds"] = round(wall, 1)
-    output = args.output or RESULTS / ("al_label_efficiency_quick.json" if args.quick else "al_label_efficiency.json")
+    name = "al_label_efficiency" + ("_pool_aware" if pool_aware else "") + ("_quick" if args.quick else "")
+    output = args.output or RESULTS / f"{name}.json"
+    if pool_aware:
+        plot_curves(result, output.with_suffix(".png"))
     return _results.write_result(result, output, print_result)
+
+
+def pool_aware_training(quick: bool) -> dict:
+    """The frozen pool-aware training (method, params) and the hash of the config file it came from."""
+    if not POOL_AWARE_CONFIG.exists():
+        raise SystemExit(f"{POOL_AWARE_CONFIG.relative_to(ROOT)} is missing: run `python -m "
+                         "benchmarks.pool_aware_tuning` (it chooses the training on a validation split)")
+    raw = POOL_AWARE_CONFIG.read_bytes()
+    config = json.loads(raw)
+    params = {**config["params"], **(POOL_AWARE_QUICK if quick else {})}
+    return {"method": config["method"], "params": params, "candidate": config["candidate"],
+            "config": str(POOL_AWARE_CONFIG.relative_to(ROOT)), "config_sha256": hashlib.sha256(raw).hexdigest()}
+
+
+def summarise_pool_aware(result: dict, pool_aware: dict) -> dict:
+    """Per cell (strategy x training): labels to 95% and accuracy at 100/200/400; the best
+    pool-aware cell against the best peer (target: at most 200 labels; stretch: at most 100)."""
+    cells = {label: {"training": pool_aware["candidate"] if label.endswith(POOL_AWARE) else "supervised",
+                     "labels_to_95pct": r["labels_to_95pct"],
+                     "labels_to_95pct_per_seed": r["labels_to_95pct_per_seed"],
+                     "accuracy_at": {str(n): r["accuracy_at"].get(str(n)) for n in POOL_AWARE_REPORT_AT}}
+             for label, r in {**result["strategies"], **result["peers"]}.items()}
+    reached = {k: c["labels_to_95pct"] for k, c in cells.items() if k.endswith(POOL_AWARE)
+               and c["labels_to_95pct"] is not None}
+    best = min(reached, key=reached.get) if reached else None
+    peers = [c["labels_to_95pct"] for k, c in cells.items() if k.startswith(PEER_PREFIX)
+             and c["labels_to_95pct"] is not None]
+    best_labels = reached.get(best)
+    return {"training": {k: pool_aware[k] for k in ("method", "params", "candidate", "config", "config_sha256")},
+            "model_selection": "validation (benchmarks.pool_aware_tuning); the test split is read once, here",
+            "cells": cells, "best": best, "best_labels": best_labels,
+            "best_peer_labels": min(peers) if peers else None,
+            "target_at_most_200": best_labels is not None and best_labels <= 200,
+            "stretch_at_most_100": best_labels is not None and best_labels <= 100}
+
+
+def plot_curves(result: dict, path: Path) -> None:
+    """Accuracy against labels for every cell (pool-aware solid, supervised dashed, peers dotted)."""
+    from distillery.components.core.plots import pyplot
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    for label, r in {**result["strategies"], **result["peers"]}.items():
+        style = "-" if label.endswith(POOL_AWARE) else ":" if label.startswith(PEER_PREFIX) else "--"
+        ax.plot(r["curve"]["labels"], r["curve"]["accuracy_mean"], style, marker=".", label=label)
+    ax.axhline(result["target_accuracy"], color="grey", lw=0.8)
+    ax.text(1000, result["target_accuracy"], " 95% of full data", va="bottom", ha="right", color="grey")
+    ax.set(xscale="log", xlabel="labels", ylabel="test accuracy (mean over seeds)",
+           title="MNIST MLP: supervised vs pool-aware training, with the peer")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def _curve_stats(runs: list[dict]) -> dict:
@@ -272,7 +353,9 @@ def summarise(results: list[dict], labels: list[str], imbalanced_labels: list[st
         }
         (peers if label.startswith(PEER_PREFIX) else strategies)[label] = entry
 
-    reached = {k: v["labels_to_95pct"] for k, v in strategies.items() if v["labels_to_95pct"] is not None}
+    # the selection targets compare strategies under supervised training (pool-aware cells: pool_aware)
+    reached = {k: v["labels_to_95pct"] for k, v in strategies.items()
+               if v["labels_to_95pct"] is not None and not k.endswith(POOL_AWARE)}
     non_random = {k: v for k, v in reached.items() if k != "random"}
     best = min(non_random, key=lambda k: (non_random[k], -strategies[k]["curve"]["accuracy_mean"][-1])) \
         if non_random else None
@@ -397,6 +480,12 @@ def print_result(result: dict) -> None:
             print(f"{label:<{width}}  {r['minority_recall'][0]:>7.3f} ± {r['minority_recall'][1]:.3f}  "
                   f"{r['minority_labels']:>15.1f}  {r['accuracy'][0]:.3f} ± {r['accuracy'][1]:.3f}  "
                   f"{r['query_seconds_mean']:>9.3f}")
+    pa = result.get("pool_aware")
+    if pa:
+        print(f"\nPool-aware training: {pa['training']['candidate']} ({pa['training']['config']}, chosen on "
+              f"validation); best cell {pa['best']}: {_fmt_labels(pa['best_labels'])} labels to 95% against the "
+              f"best peer's {_fmt_labels(pa['best_peer_labels'])}; target <= 200: {pa['target_at_most_200']}; "
+              f"stretch <= 100: {pa['stretch_at_most_100']}")
     if result["errors"]:
         print("\nFailed runs:")
         for key, error in result["errors"].items():

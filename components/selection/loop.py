@@ -4,7 +4,8 @@ Plain Python (no kfp, no MLflow), the same steps the pipeline runs as tasks:
 
 1. an initial labelled set drawn from the pool (seeded; stratified by default);
 2. every round, a model is trained **from scratch** on the labelled set
-   (:func:`distillery.components.core.train.train_classifier`) and scored on the test set;
+   (:func:`distillery.components.core.train.train_classifier`; with ``training``, by a pool-aware
+   method on the labelled set and the rest of the pool) and scored on the test set;
 3. the strategy picks the next batch from the unlabelled part of the pool, seeing a
    :class:`~distillery.components.selection.pool.Pool` of the unlabelled features, the model and the labelled
    set; the simulated annotator reveals their labels; repeat until the last size of ``schedule``.
@@ -69,13 +70,28 @@ def initial_labels(labels: np.ndarray, size: int, seed: int, how: str = "stratif
     raise ValueError(f"initial must be 'stratified' or 'random', got {how!r}")
 
 
-def train_model(features, labels, meta: dict, model_kwargs: dict, train_kwargs: dict, seed: int):
-    """A fresh model trained on ``(features, labels)`` with the step budget described above."""
+def train_model(features, labels, meta: dict, model_kwargs: dict, train_kwargs: dict, seed: int, *,
+                training: str | None = None, training_params: dict | None = None, unlabelled=None):
+    """A fresh model trained on ``(features, labels)`` with the step budget described above; or, with
+    ``training`` (a registered training method that takes the unlabelled pool, e.g. ``fixmatch``),
+    by that method with ``training_params`` (its registry defaults fill the rest) on the labelled
+    rows and ``unlabelled`` ``(U, D)``. The method is found through the registry, by name."""
+    model_kwargs = dict(model_kwargs)
+    arch = model_kwargs.pop("arch", "mlp")
+    if training is not None:
+        from distillery.components.core import registry
+
+        method = registry.get("training", training)
+        if "unlabelled" not in method.inputs:
+            raise ValueError(f"training method {training!r} does not learn from the pool; pool-aware methods: "
+                             f"{[m.name for m in registry.methods('training') if 'unlabelled' in m.inputs]}")
+        p = method.resolve_params(training_params)
+        extra = {k: v for k, v in p.items() if k not in ("arch", "arch_kwargs", "epochs", "lr", "batch_size")}
+        return method.load()(features, labels, meta, arch, model_kwargs, p["epochs"], p["lr"], p["batch_size"], seed,
+                             unlabelled=unlabelled, **extra)
     from distillery.components.core.train import train_classifier
 
     kwargs = {**TRAIN_DEFAULTS, **train_kwargs}
-    model_kwargs = dict(model_kwargs)
-    arch = model_kwargs.pop("arch", "mlp")
     epochs = training_epochs(len(labels), kwargs["batch_size"], kwargs["min_steps"], kwargs["min_epochs"])
     return train_classifier(features, labels, meta, arch, model_kwargs, epochs, kwargs["lr"],
                             balanced_batch_size(len(labels), kwargs["batch_size"]), seed)
@@ -102,7 +118,8 @@ def run_active_learning(strategy: str | Selector, params: dict | None, features_
                         labels_pool: np.ndarray, features_test: np.ndarray, labels_test: np.ndarray,
                         meta: dict, schedule: Sequence[int], seed: int, model_kwargs: dict | None = None,
                         train_kwargs: dict | None = None, initial: str = "stratified",
-                        on_round: Callable[[Round], None] | None = None) -> list[Round]:
+                        on_round: Callable[[Round], None] | None = None, training: str | None = None,
+                        training_params: dict | None = None) -> list[Round]:
     """Simulate pool-based active learning and return the learning curve.
 
     Args:
@@ -119,6 +136,8 @@ def run_active_learning(strategy: str | Selector, params: dict | None, features_
         train_kwargs: overrides of :data:`TRAIN_DEFAULTS`.
         initial: ``"stratified"`` or ``"random"`` initial labels.
         on_round: called with each :class:`Round` as it completes (progress lines).
+        training, training_params: a pool-aware training method (see :func:`train_model`): every
+            round's model then also learns from the unlabelled rest of the pool.
     Returns:
         one :class:`Round` per size in ``schedule``.
     """
@@ -138,8 +157,10 @@ def run_active_learning(strategy: str | Selector, params: dict | None, features_
     curve: list[Round] = []
     for index, size in enumerate(schedule):
         assert len(labelled) == size
+        rest = np.setdiff1d(np.arange(len(labels_pool)), labelled)
         model = train_model(features_pool[labelled], labels_pool[labelled], meta, model_kwargs, train_kwargs,
-                            seed + index)
+                            seed + index, training=training, training_params=training_params,
+                            unlabelled=features_pool[rest] if training else None)
         accuracy, recall = evaluate(model, features_test, labels_test, num_classes)
         query_seconds = 0.0
         if index + 1 < len(schedule):

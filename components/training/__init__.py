@@ -77,4 +77,23 @@ METHODS = [
                      "priority_class": "distillery-adhoc", "timeout_s": 7200.0, "poll_s": 15.0,
                      "on_timeout": "leave"},
            execution="cluster"),
+    Method("training", "fixmatch",
+           "Sohn et al., FixMatch: Simplifying Semi-Supervised Learning with Consistency and Confidence, "
+           "NeurIPS 2020",
+           "Pool-aware: the labelled set plus the unlabelled pool; a confident prediction on a weak view "
+           "(>= threshold) is the pseudo-label of a strong view (images: shifts, affine, contrast, Cutout; "
+           "tables: noise, feature dropout); `epochs` passes over the pool",
+           "distillery.components.training.pool_aware:fixmatch",
+           defaults={"arch": "small_cnn", "arch_kwargs": {}, "epochs": 10, "lr": 1e-3, "batch_size": 32,
+                     "threshold": 0.8, "lambda_u": 1.0, "mu": 3},
+           inputs=("unlabelled",)),
+    Method("training", "mean_teacher",
+           "Tarvainen & Valpola, Mean teachers are better role models: Weight-averaged consistency targets "
+           "improve semi-supervised deep learning results, NeurIPS 2017",
+           "Pool-aware: the student matches an exponential-moving-average teacher's class probabilities on other "
+           "augmented views of the pool (ramped-up squared error) while fitting the labels; returns the teacher",
+           "distillery.components.training.pool_aware:mean_teacher",
+           defaults={"arch": "small_cnn", "arch_kwargs": {}, "epochs": 10, "lr": 1e-3, "batch_size": 32,
+                     "lambda_u": 10.0, "mu": 3, "ema_decay": 0.99, "rampup_fraction": 0.3},
+           inputs=("unlabelled",)),
 ]

@@ -21,7 +21,8 @@
 
 Returns a ``torch.nn.Module`` built as ``models.build(arch, meta, **arch_kwargs)`` (the task saves it
 with those, so state-dict keys must match), mapping ``(B, D)`` features to ``(B, K)`` logits.
-No registry ``inputs`` are supplied (:data:`INPUTS`).
+Registry ``inputs`` the task supplies (:data:`INPUTS`): ``unlabelled``, the unlabelled pool's features
+``(U, D)`` (every training row not yet labelled; never the test split), for pool-aware methods.
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
     import numpy as np
     from torch import nn
 
-INPUTS: tuple[str, ...] = ()  # keyword inputs beyond the call above that the task can supply
+INPUTS: tuple[str, ...] = ("unlabelled",)  # keyword inputs beyond the call above that the task can supply
 HOOKS: dict[str, tuple[str, ...]] = {  # keywords the task adds by the method's execution
     "in_process": (),
     "torchrun": ("checkpoint_dir", "on_workers", "on_record", "on_line"),

@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 from contextlib import contextmanager
 
-from distillery.components.core.datasets import load_arrays, load_labelled
+from distillery.components.core.datasets import load_arrays, load_labelled, unlabelled_rows
 from distillery.components.core.tracking import method_task, parent_run_id, progress
 
 TRAINING_KEYS = ("epochs", "lr", "batch_size")
@@ -75,6 +75,8 @@ def _run_training(method: str, context: str, run_key: str, params: str, round_in
                                                done))
         elif entry.execution == "cluster":  # a TrainJob/Job (distillery.components.training.cluster)
             method_kwargs.update(_cluster_hooks(method, run_key, round_index))
+        if "unlabelled" in entry.inputs:  # pool-aware methods also learn from the unlabelled pool
+            method_kwargs["unlabelled"] = data.features[unlabelled_rows(split, labels)]
         model = entry.load()(*args, **method_kwargs)
         if done:
             mlflow.log_metrics({"train_seconds": done["seconds"], "samples_per_second": done["samples_per_second"]})

@@ -68,6 +68,8 @@ QUICK: dict[tuple[str, str], dict] = {
                                     "samples_per_worker": 2},
     ("training", "federated"): {"arch": "mlp", "arch_kwargs": {"hidden": 16}, "epochs": 1, "clients": 2, "rounds": 2,
                                 "local_epochs": 1},
+    ("training", "fixmatch"): {"arch": "mlp", "arch_kwargs": {"hidden": 16}, "epochs": 1, "mu": 1},
+    ("training", "mean_teacher"): {"arch": "mlp", "arch_kwargs": {"hidden": 16}, "epochs": 1, "mu": 1},
     ("training", "fusion"): {"arch": "mlp", "arch_kwargs": {"hidden": 16}, "epochs": 1, "models": 2,
                              "finetune_epochs": 1},
     ("distillation", "hinton_kd"): {"hidden": 16, "epochs": 1},
@@ -129,6 +131,7 @@ def planned_call(method: registry.Method):
         else:
             arch_kwargs, kwargs = {k: v for k, v in p.items() if k not in (*TRAINING_KEYS, "arch")}, {}
         kwargs.update(dict.fromkeys(contract.HOOKS[method.execution]))
+        kwargs.update(dict.fromkeys(method.inputs, array))  # e.g. the unlabelled pool
         args = (array, array, META, arch, arch_kwargs, p["epochs"], p["lr"], p["batch_size"], seed, None)
         return contract.TrainingMethod.__call__, target, args, kwargs
     if stage == "distillation":

@@ -107,8 +107,9 @@ def test_bad_configs_fail_with_a_specific_message(mutate, message):
 
 def test_params_are_filled_with_defaults_and_overrides_win():
     config = validate_config(_default())
-    assert config["training"]["params"]["epochs"] == 30  # from the YAML
-    assert config["training"]["params"]["lr"] == registry.get("training", "small_cnn").defaults["lr"]
+    method = registry.get("training", config["training"]["method"])
+    assert config["training"]["params"]["epochs"] == 18 != method.defaults["epochs"]  # from the YAML
+    assert config["training"]["params"]["lr"] == method.defaults["lr"]
 
 
 def test_task_names_are_shared_by_pipeline_and_tasks():
