@@ -55,6 +55,8 @@ benchmark: data image
 	$(PY) -m benchmarks.image_build
 	$(PY) -m benchmarks.gpu_stages
 	$(PY) -m benchmarks.al_label_efficiency
+	$(PY) -m benchmarks.pool_aware_tuning   # chooses the pool-aware training on a validation split
+	$(PY) -m benchmarks.al_label_efficiency --no-imbalanced --strategies random,margin,badge,entropy,peer:margin,peer:badge,random+pool,margin+pool,badge+pool,entropy+pool
 	$(PY) -m benchmarks.al_selection_speed
 	$(PY) -m benchmarks.ddp_throughput
 	$(PY) -m benchmarks.async_training
