@@ -20,15 +20,16 @@ METHODS = [
            "distillery.components.distillation.lead:distil",
            defaults={"student": "mlp", "hidden": 40, "student_kwargs": {}, "teacher_layers": [],
                      "student_layers": [], "layers_per_model": 5, "redraw_every": 20, "layer_temperature": 10.0,
-                     "similarity_temperature": 0.1, "temperature": 4.0, "alpha": 0.1, "epochs": 60, "lr": 2e-3,
-                     "batch_size": 64}),
+                     "similarity_temperature": 0.1, "layer_vectors": "flat", "temperature": 4.0, "alpha": 0.1,
+                     "epochs": 60, "lr": 2e-3, "batch_size": 64}),
     Method("distillation", "prod", "Lin et al., PROD: Progressive Distillation for Dense Retrieval, WWW 2023 "
                                    "(arXiv:2209.13335)",
            "Distils through increasingly strong teachers, each stage guarded by KL to a frozen copy of the student, "
            "then on the items the teacher gets right and the student wrong",
            "distillery.components.distillation.prod:distil",
            defaults={"student": "mlp", "hidden": 40, "student_kwargs": {}, "chain_checkpoints": [0.07, 0.33],
-                     "chain_epochs": 20, "hard_epochs": 5, "temperature": 4.0, "alpha": 0.1, "epochs": 60, "lr": 2e-3,
+                     "chain_epochs": 20, "hard_epochs": 5, "stage_budget": "route", "pad_hard": True,
+                     "continue_optimiser": True, "temperature": 4.0, "alpha": 0.1, "epochs": 60, "lr": 2e-3,
                      "batch_size": 64}),
     Method("distillation", "reliant", "Dong et al., RELIANT: Fair Knowledge Distillation for Graph Neural Networks, "
                                       "SDM 2023 (arXiv:2301.01150)",

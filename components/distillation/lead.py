@@ -5,9 +5,11 @@ Sun et al., "LEAD: Liberal Feature-based Distillation for Dense Retrieval", WSDM
 
 At a layer of either model, the batch's items form a distribution for every item ``i``: the
 softmax over the other items ``j`` of the in-batch similarity of the layer's outputs (retrieval
-uses query-passage scores; for classification, the cosine similarity of the flattened layer
-outputs over a temperature, ``similarity_temperature``). Distributions over the batch need no
-shared width, vocabulary or architecture. Per training step:
+uses query-passage scores; for classification, the cosine similarity of the layer's vectors over a
+temperature, ``similarity_temperature``: the flattened outputs, or with ``layer_vectors="pooled"``
+a feature map ``(B, C, *spatial)`` averaged over its positions to ``(B, C)``, as retrieval pools a
+layer's tokens; :func:`layer_vectors_of`). Distributions over the batch need no shared width,
+vocabulary or architecture. Per training step:
 
 - ``K`` layers are drawn at random from each model's candidate layers (``K = min(layers_per_model,
   #teacher layers, #student layers)``), sorted shallow to deep and paired in order; the draw is
@@ -40,14 +42,35 @@ from distillery.components.distillation.hinton_kd import check_kd_params, kd_los
 _EXCLUDED = -1e9  # the score of an item with itself: out of its own distribution (exp() == 0)
 
 
-def similarity_logits(layer_output: torch.Tensor, temperature: float) -> torch.Tensor:
-    """In-batch scores ``(B, B)``: cosine similarity of the flattened outputs ``(B, ...)`` over
-    ``temperature``, each item excluded from its own row.
+LAYER_VECTORS = ("flat", "pooled")  # the choices of ``layer_vectors``
 
-    Flattened, not pooled over positions as retrieval pools a layer's tokens: on MNIST a digit's
-    layout is what its maps share. Pooled, LEAD lost in three of the benchmark's four cells (e.g.
-    0.964 vs 0.967 on tiny_cnn, seed 1) and gained only with RepGhost and 200 labels (benchmarks/README.md)."""
-    flat = F.normalize(layer_output.flatten(1), dim=1)
+
+def check_layer_vectors(layer_vectors: str) -> None:
+    if layer_vectors not in LAYER_VECTORS:
+        raise ValueError(f"layer_vectors must be one of {LAYER_VECTORS}, got {layer_vectors!r}")
+
+
+def layer_vectors_of(layer_output: torch.Tensor, layer_vectors: str = "flat") -> torch.Tensor:
+    """A layer's per-item vectors ``(B, F)`` for the in-batch similarity.
+
+    ``"flat"``: the outputs ``(B, ...)`` flattened, ``F = C·H·W`` for a feature map. ``"pooled"``: a
+    feature map ``(B, C, *spatial)`` averaged over its positions to ``(B, C)`` (which features fire,
+    wherever they fire); a vector layer ``(B, D)`` is the same either way.
+
+    Flattened is the default: on MNIST a digit's layout is what its maps share. Pooled, LEAD lost in
+    three of the benchmark's four cells (e.g. 0.964 vs 0.967 on tiny_cnn, seed 1) and gained only with
+    RepGhost and 200 labels (benchmarks/README.md); those figures were read on the test split, so the
+    choice is a parameter for a benchmark to make on a validation split."""
+    check_layer_vectors(layer_vectors)
+    if layer_vectors == "pooled" and layer_output.dim() > 2:
+        return layer_output.flatten(2).mean(-1)
+    return layer_output.flatten(1)
+
+
+def similarity_logits(layer_output: torch.Tensor, temperature: float, layer_vectors: str = "flat") -> torch.Tensor:
+    """In-batch scores ``(B, B)``: cosine similarity of the layer's vectors (:func:`layer_vectors_of`
+    of the outputs ``(B, ...)``) over ``temperature``, each item excluded from its own row."""
+    flat = F.normalize(layer_vectors_of(layer_output, layer_vectors), dim=1)
     scores = flat @ flat.T / temperature
     return scores.masked_fill(torch.eye(len(flat), dtype=torch.bool, device=flat.device), _EXCLUDED)
 
@@ -125,8 +148,10 @@ class LeadObjective:
     """
 
     def __init__(self, teacher: nn.Module, student: nn.Module, pairing: LayerPairing, *, temperature: float,
-                 alpha: float, layer_temperature: float, similarity_temperature: float):
+                 alpha: float, layer_temperature: float, similarity_temperature: float, layer_vectors: str = "flat"):
+        check_layer_vectors(layer_vectors)
         self.teacher, self.student, self.pairing = teacher, student, pairing
+        self.layer_vectors = layer_vectors
         self.temperature, self.alpha = temperature, alpha
         self.layer_temperature, self.similarity_temperature = layer_temperature, similarity_temperature
         self.last: StepRecord | None = None  # the latest step's pairs, losses and weights
@@ -149,9 +174,9 @@ class LeadObjective:
         if len(x) < 2:  # a distribution over the other items of the batch needs another item
             return loss
         classes = torch.where(y >= 0, y, teacher_logits.argmax(-1))
-        tau = self.similarity_temperature
-        teacher_scores = [similarity_logits(self._teacher_out[t], tau) for t, _ in pairs]
-        student_scores = [similarity_logits(self._student_out[s], tau) for _, s in pairs]
+        tau, how = self.similarity_temperature, self.layer_vectors
+        teacher_scores = [similarity_logits(self._teacher_out[t], tau, how) for t, _ in pairs]
+        student_scores = [similarity_logits(self._student_out[s], tau, how) for _, s in pairs]
         with torch.no_grad():
             teacher_losses = torch.stack([neighbour_loss(ts, classes) for ts in teacher_scores])
         weights = layer_weights(teacher_losses, self.layer_temperature)
@@ -164,7 +189,7 @@ def distil(teacher: nn.Module, student: nn.Module, labelled_features, labels, un
            seed: int, on_epoch=None, epochs: int, lr: float, batch_size: int, teacher_layers: Sequence[str] = (),
            student_layers: Sequence[str] = (), layers_per_model: int = 5, redraw_every: int = 20,
            layer_temperature: float = 10.0, similarity_temperature: float = 0.1, temperature: float = 4.0,
-           alpha: float = 0.1) -> nn.Module:
+           alpha: float = 0.1, layer_vectors: str = "flat") -> nn.Module:
     """Train ``student`` with the LEAD objective over the labelled set and the pool.
 
     Args:
@@ -177,8 +202,11 @@ def distil(teacher: nn.Module, student: nn.Module, labelled_features, labels, un
         layer_temperature: of the layer weights ``softmax(-teacher_layer_loss / layer_temperature)``.
         similarity_temperature: divides the in-batch cosine similarities.
         temperature, alpha: of the final-layer KD term.
+        layer_vectors: what a layer's cosine similarity compares, ``"flat"`` (the flattened outputs)
+            or ``"pooled"`` (feature maps averaged over positions): :func:`layer_vectors_of`.
     """
     check_kd_params(temperature, alpha)
+    check_layer_vectors(layer_vectors)
     if layer_temperature <= 0 or similarity_temperature <= 0:
         raise ValueError(f"temperatures must be > 0, got layer_temperature={layer_temperature}, "
                          f"similarity_temperature={similarity_temperature}")
@@ -190,7 +218,8 @@ def distil(teacher: nn.Module, student: nn.Module, labelled_features, labels, un
         features.feature_layers(student, d)
     pairing = LayerPairing(t_layers, s_layers, layers_per_model, redraw_every, seed)
     objective = LeadObjective(teacher, student, pairing, temperature=temperature, alpha=alpha,
-                              layer_temperature=layer_temperature, similarity_temperature=similarity_temperature)
+                              layer_temperature=layer_temperature, similarity_temperature=similarity_temperature,
+                              layer_vectors=layer_vectors)
     x, y = training_tensors(labelled_features, labels, unlabelled_features)
     teacher.eval()
     with objective.hooks():

@@ -8,16 +8,22 @@ Teacher-progressive: the student is distilled through a chain of teachers, weake
 ``0.1·CE(y, s) + 0.9·T²·KL(t_s ‖ s) + T²·KL(old ‖ s)`` (``T = 4``; CE only where a label is known, the
 KD term then weighted 1), where ``old`` is a frozen copy of the student taken at the start of the
 stage: the forgetting guard. The first stage has no guard (a student that has learnt nothing yet has
-nothing to forget). ``epochs`` is the whole budget; the stages share it in proportion to the part of
-the teacher's route each teacher stands for (:func:`stage_epochs`): with snapshots at 7% and 33% of
-the teacher's training, 45 epochs go 3 / 12 / 30. Equal thirds left the final teacher 15 epochs, and
-with 200 labels PROD then trailed Hinton KD's 45 on RepGhost (0.886 vs 0.897, benchmarks/README.md).
+nothing to forget). ``epochs`` is the whole budget; by default (``stage_budget="route"``) the stages
+share it in proportion to the part of the teacher's route each teacher stands for
+(:func:`stage_epochs`): with snapshots at 7% and 33% of the teacher's training, 45 epochs go
+3 / 12 / 30. Equal thirds (``stage_budget="equal"``) left the final teacher 15 epochs, and with 200
+labels PROD then trailed Hinton KD's 45 on RepGhost (0.886 vs 0.897, benchmarks/README.md).
 
 Data-progressive: after each stage, the labelled items that the stage's teacher classifies right
 and the student wrong are kept, and the student is distilled further on them (same loss, same guard;
 after the first stage, a frozen copy of the student at that point) for ``hard_epochs``. "Right"
-needs a label, so the hard subset comes from the labelled set. A hard subset smaller than one
-batch is filled up to a batch with other items of the stage (:func:`padded`).
+needs a label, so the hard subset comes from the labelled set. By default (``pad_hard``) a hard
+subset smaller than one batch is filled up to a batch with other items of the stage
+(:func:`padded`), and the hard-data training continues the stage's Adam (``continue_optimiser``).
+
+These three choices (``stage_budget``, ``pad_hard``, ``continue_optimiser``) are not the paper's:
+they were made from benchmark figures read on the test split (benchmarks/README.md), so they are
+parameters, for a benchmark to choose on a validation split; the defaults keep the choices made.
 
 Where the chain of teachers comes from: :func:`distil` takes a list of teachers (weakest first),
 e.g. the teachers of earlier active-learning rounds. Given one teacher, as the pipeline's
@@ -151,6 +157,28 @@ def padded(hard: np.ndarray, total: int, batch_size: int, seed: int) -> np.ndarr
     return np.concatenate([hard, np.sort(fill)])
 
 
+STAGE_BUDGETS = ("route", "equal")  # the choices of ``stage_budget``
+
+
+def check_choices(stage_budget: str, pad_hard: bool, continue_optimiser: bool) -> None:
+    """A ``ValueError`` for a ``stage_budget`` not in :data:`STAGE_BUDGETS` or a flag that is not a
+    bool (a config's ``"false"`` would otherwise read as true)."""
+    if stage_budget not in STAGE_BUDGETS:
+        raise ValueError(f"stage_budget must be one of {STAGE_BUDGETS}, got {stage_budget!r}")
+    for name, flag in (("pad_hard", pad_hard), ("continue_optimiser", continue_optimiser)):
+        if not isinstance(flag, (bool, np.bool_)):
+            raise ValueError(f"{name} must be true or false, got {flag!r}")
+
+
+def budget_shares(chain_checkpoints: Sequence[float] | None, stages: int, stage_budget: str) -> list[float]:
+    """Each stage's share of ``epochs`` (for :func:`stage_epochs`): ``"route"``, a built chain's share
+    of the teacher's route, ``diff([0, *chain_checkpoints, 1])`` (``chain_checkpoints`` empty or
+    ``None``, a given chain, whose route is unknown: equal); ``"equal"``, ``1 / stages`` each."""
+    if stage_budget == "route" and chain_checkpoints:
+        return np.diff([*chain_checkpoints, 1.0], prepend=0.0).tolist()
+    return [1.0] * stages
+
+
 def distil_stage(student: nn.Module, teacher: nn.Module, x: torch.Tensor, y: torch.Tensor, *, guard: bool,
                  temperature: float, alpha: float, epochs: int, lr: float, batch_size: int, seed: int,
                  on_epoch=None, old: nn.Module | None = None,
@@ -175,7 +203,8 @@ def distil_stage(student: nn.Module, teacher: nn.Module, x: torch.Tensor, y: tor
 def distil(teacher: nn.Module | Sequence[nn.Module], student: nn.Module, labelled_features, labels,
            unlabelled_features, *, seed: int, on_epoch=None, epochs: int, lr: float, batch_size: int,
            temperature: float = 4.0, alpha: float = 0.1, chain_checkpoints: Sequence[float] = (0.07, 0.33),
-           chain_epochs: int = 20, hard_epochs: int = 5) -> nn.Module:
+           chain_epochs: int = 20, hard_epochs: int = 5, stage_budget: str = "route", pad_hard: bool = True,
+           continue_optimiser: bool = True) -> nn.Module:
     """Teacher- and data-progressive distillation of ``student``.
 
     Args:
@@ -183,40 +212,47 @@ def distil(teacher: nn.Module | Sequence[nn.Module], student: nn.Module, labelle
             ``chain_checkpoints``; ``[]`` distils from it alone), or the chain itself, weakest first.
         labelled_features: ``(L, D)`` raw features with ``labels`` ``(L,)``.
         unlabelled_features: ``(U, D)`` (may be empty).
-        epochs: the teacher stages' budget, shared by :func:`stage_epochs` (a built chain: in
-            proportion to the route each teacher stands for; a given chain: equally);
+        epochs: the teacher stages' budget, shared by :func:`stage_epochs` as ``stage_budget`` says;
             ``hard_epochs``: on each stage's hard subset, beyond the budget.
         chain_epochs: the training epochs ``chain_checkpoints`` are fractions of (the teacher's own).
+        stage_budget: ``"route"``: a built chain's stages share ``epochs`` in proportion to the route
+            each teacher stands for (a given chain, whose route is unknown: equally); ``"equal"``:
+            equal shares (:func:`budget_shares`).
+        pad_hard: fill a hard subset smaller than ``batch_size`` up to one batch (:func:`padded`);
+            ``False``: train on the hard items alone.
+        continue_optimiser: the hard-subset training continues the stage's Adam, moments and all;
+            ``False``: a fresh Adam.
     """
     check_kd_params(temperature, alpha)
+    check_choices(stage_budget, pad_hard, continue_optimiser)
     if hard_epochs < 0 or chain_epochs < 1:
         raise ValueError(f"need hard_epochs >= 0 and chain_epochs >= 1, got {hard_epochs} and {chain_epochs}")
     d = labelled_features.shape[1]
     check_compatible(teacher, student, d, labels=labels)
     if isinstance(teacher, nn.Module):
-        route = [*chain_checkpoints, 1.0]
-        budget = stage_epochs(epochs, np.diff(route, prepend=0.0))
+        budget = stage_epochs(epochs, budget_shares(chain_checkpoints, len(chain_checkpoints) + 1, stage_budget))
         chain = teacher_chain(teacher, labelled_features, labels, chain_checkpoints, epochs=chain_epochs, lr=lr,
                               batch_size=batch_size, seed=seed) if chain_checkpoints else [teacher]
     else:
         chain = list(teacher)
-        budget = stage_epochs(epochs, [1.0] * len(chain))
+        budget = stage_epochs(epochs, budget_shares(None, len(chain), stage_budget))
     x, y = training_tensors(labelled_features, labels, unlabelled_features)
     labelled_x, labelled_y = x[:len(labels)], y[:len(labels)]
     stages = StageEpochs(on_epoch)
     settings = dict(temperature=temperature, alpha=alpha, lr=lr, batch_size=batch_size)
     for s, stage_teacher in enumerate(chain):
-        # one Adam per stage, continued on the hard subset: a fresh Adam's first steps are near
-        # lr·sign(gradient) in every parameter, and five of them on the hard subset cost RepGhost
+        # by default one Adam per stage, continued on the hard subset: a fresh Adam's first steps are
+        # near lr·sign(gradient) in every parameter, and five of them on the hard subset cost RepGhost
         # 1.3 points that the stage had just gained (benchmarks/README.md)
         optimiser = torch.optim.Adam(student.parameters(), lr=lr)
         old = distil_stage(student, stage_teacher, x, y, guard=s > 0, epochs=budget[s], seed=seed + s,
                            on_epoch=stages.next(budget[s]), optimiser=optimiser, **settings)
         hard = hard_subset(stage_teacher, student, labelled_x, labelled_y.numpy())
         if hard_epochs and len(hard):
-            rows = torch.as_tensor(padded(hard, len(x), batch_size, seed + s))  # labelled rows come first in x
+            # labelled rows come first in x, so the hard rows index x as they are
+            rows = torch.as_tensor(padded(hard, len(x), batch_size, seed + s) if pad_hard else hard)
             # guarded by the stage's frozen copy (the first stage: a copy taken now, after it learnt)
             distil_stage(student, stage_teacher, x[rows], y[rows], guard=True, old=old,
-                         epochs=hard_epochs, seed=seed + s, on_epoch=stages.next(hard_epochs), optimiser=optimiser,
-                         **settings)
+                         epochs=hard_epochs, seed=seed + s, on_epoch=stages.next(hard_epochs),
+                         optimiser=optimiser if continue_optimiser else None, **settings)
     return student.eval()

@@ -147,13 +147,37 @@ def test_compile_refuses_gpu_tasks_the_overlay_cannot_admit(tmp_path, capsys, qu
         assert not output.exists(), "nothing is written when the check fails"
 
 
-def test_shipped_overlays_admit_the_shipped_configs():
-    from distillery.pipelines.cluster import check_gpu_quota, render_overlay
+@pytest.mark.parametrize("name, node_labels", [("generic", {"nvidia.com/gpu.present": "true"}),
+                                               ("gke", {"cloud.google.com/gke-accelerator": "nvidia-l4"})])
+def test_shipped_overlays_admit_the_shipped_configs(name, node_labels):
+    from distillery.pipelines.cluster import ClusterConfigError, check_gpu_quota, render_overlay
 
+    objects = render_overlay(f"k8s/overlays/{name}", ROOT)
+    found = {(o["kind"], o["metadata"]["name"]): o for o in objects}
     for config_file in (DEFAULT_CONFIG, RETRAINING_CONFIG):
         cluster = load_config(config_file)["cluster"]
-        for name in ("generic", "gke"):
-            check_gpu_quota(cluster, render_overlay(f"k8s/overlays/{name}", ROOT))
+        gpu = cluster["gpu"]
+        # a config without GPU tasks passes the check without looking at the overlay at all
+        assert gpu["count"] >= 1 and {"training", "distillation"} <= set(gpu["stages"])
+        check_gpu_quota(cluster, objects)
+        # where its GPU tasks are admitted: the queue's ClusterQueue, on its one flavor with enough
+        # GPU quota, whose node labels agree with the config's node selector
+        queue = found[("LocalQueue", cluster["queue"])]
+        flavors = [f for group in found[("ClusterQueue", queue["spec"]["clusterQueue"])]["spec"]["resourceGroups"]
+                   for f in group["flavors"]]
+        gpu_quota = {f["name"]: float(next((r["nominalQuota"] for r in f["resources"]
+                                            if r["name"] == gpu["accelerator"]), 0)) for f in flavors}
+        assert [f for f, quota in gpu_quota.items() if quota >= gpu["count"]] == ["distillery-gpu"], gpu_quota
+        labels = found[("ResourceFlavor", "distillery-gpu")]["spec"]["nodeLabels"]
+        assert labels == node_labels
+        assert all(labels.get(key, value) == value for key, value in gpu["node_selector"].items())
+        # the check does refuse these objects once that placement is gone: not enough quota, or a
+        # node selector the flavor's nodes cannot meet
+        with pytest.raises(ClusterConfigError, match="has no flavor with that many"):
+            check_gpu_quota({**cluster, "gpu": {**gpu, "count": int(gpu_quota["distillery-gpu"]) + 1}}, objects)
+        clash = {key: f"not-{value}" for key, value in labels.items()}
+        with pytest.raises(ClusterConfigError, match="contradicts the node labels"):
+            check_gpu_quota({**cluster, "gpu": {**gpu, "node_selector": clash}}, objects)
 
 
 @pytest.mark.parametrize("cluster, message", [

@@ -6,9 +6,18 @@ the teacher on 1,000 held-out images far above an untrained student. The mechani
 one by one: FitNets' regressor shapes, LEAD's layer pairing and weights, PROD's hard subset and
 forgetting guard, and the compatibility check before any optimiser step. LEAD also runs through
 the distillation task body against a real SQLite MLflow store.
+
+The shared agreement threshold would pass a method whose own term is broken (KD alone reaches it),
+so each method's own term is also checked where only it acts: Hinton KD's term teaches from the pool
+alone, FitNets' hint stage fits the regressor to the hint, LEAD's layer term trains the student's
+layers and aligns their scores beyond KD, PROD's guard and hard-subset stage change the student.
+The design choices that are parameters (PROD's ``stage_budget``, ``pad_hard``, ``continue_optimiser``,
+LEAD's ``layer_vectors``) are checked to do what they say and to refuse bad values.
 """
 from __future__ import annotations
 
+import copy
+import inspect
 import json
 
 import numpy as np
@@ -20,8 +29,8 @@ from torch.nn import functional as F
 from distillery.components.core import models, registry
 from distillery.components.core.datasets import LabelledData, save_arrays, save_labelled
 from distillery.components.core.train import cross_entropy, fit, train_classifier
-from distillery.components.distillation import features, fitnets, lead, prod
-from distillery.components.distillation.common import check_compatible
+from distillery.components.distillation import features, fitnets, hinton_kd, lead, prod
+from distillery.components.distillation.common import check_compatible, logits_of
 from distillery.components.distillation.tasks import method_params, run_distillation
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -307,3 +316,228 @@ def test_run_distillation_task_logs_and_saves_a_lead_student(tmp_path, teacher):
     assert not (tmp_path / "student-2").exists()
     failed = client.search_runs([experiment], filter_string="tags.`distillery.run_key` = 'run-2'")
     assert {r.info.status for r in failed} == {"FAILED"}
+
+
+# --------------------------------------------------------------------------------------------------
+# each method's own term: the shared agreement threshold above would pass a student trained by any
+# of them with its own term broken (KD alone gets there), so every term is checked where only it acts
+
+
+def held_out_batch(n: int = 256) -> torch.Tensor:
+    return torch.as_tensor(X[HELD_OUT[:n]])
+
+
+def test_hinton_kd_term_carries_the_teachers_signal_where_labels_do_not(teacher, monkeypatch):
+    # no labels at all: only the KD term can teach anything
+    pool_only = hinton_kd.distil(teacher, student(), X[LABELLED[:0]], Y[LABELLED[:0]], X[POOL], seed=0, epochs=2,
+                                 lr=2e-3, batch_size=64)
+    assert agreement(pool_only, teacher) > 0.5 > agreement(student(), teacher) + 0.3  # 0.66 vs 0.10 when written
+    # 50 labels and the pool, the same steps, with the KD term removed from the loss (CE on the labels only)
+    with_kd = hinton_kd.distil(teacher, student(), X[LABELLED[:50]], Y[LABELLED[:50]], X[POOL], seed=0, epochs=2,
+                               lr=2e-3, batch_size=64)
+
+    def ce_only(student_logits, teacher_logits, labels, temperature, alpha):
+        known = labels >= 0
+        if not known.any():
+            return student_logits.sum() * 0.0
+        return F.cross_entropy(student_logits[known], labels[known])
+
+    monkeypatch.setattr(hinton_kd, "kd_loss", ce_only)
+    without_kd = hinton_kd.distil(teacher, student(), X[LABELLED[:50]], Y[LABELLED[:50]], X[POOL], seed=0,
+                                  epochs=2, lr=2e-3, batch_size=64)
+    assert agreement(with_kd, teacher) > agreement(without_kd, teacher) + 0.2  # 0.73 vs 0.29 when written
+
+
+def hint_error(teacher, model, regressor, hint_layer: str, guided_layer: str) -> float:
+    """FitNets' hint loss on held-out images: MSE of the regressor's map of the guided layer to the hint."""
+    model.eval()
+    with features.capture(teacher, [hint_layer]) as hint, features.capture(model, [guided_layer]) as guided, \
+            torch.no_grad():
+        teacher(held_out_batch())
+        model(held_out_batch())
+        return float(F.mse_loss(regressor(guided[guided_layer]), hint[hint_layer]))
+
+
+def test_fitnets_hint_stage_fits_the_regressor_to_the_hint_and_shapes_the_student(teacher, monkeypatch):
+    made = []  # (the regressor fitnets trains, a copy of it at init)
+    real_regressor = fitnets.make_regressor
+    monkeypatch.setattr(fitnets, "make_regressor",
+                        lambda *a, **k: made.append((r := real_regressor(*a, **k), copy.deepcopy(r))) or r)
+    model = student("small_cnn")
+    at_init = copy.deepcopy(model)
+    # epochs=0: the student as the hint stage left it, before any KD
+    hinted = run_method("fitnets", teacher, model, hint_epochs=2, epochs=0)[0]
+    (regressor, regressor_at_init), = made
+    layer = features.middle_layer(teacher, 784)  # "1.4" in both small CNNs
+    before = hint_error(teacher, at_init, regressor_at_init, layer, layer)
+    after = hint_error(teacher, hinted, regressor, layer, layer)
+    assert after < 0.6 * before, (before, after)  # 0.35 -> 0.12 when written
+    # only the layers up to the guided one learnt: the classifier head is as it was
+    moved = {k for k, v in at_init.state_dict().items() if not torch.equal(v, hinted.state_dict()[k])}
+    assert moved == {"1.0.weight", "1.0.bias", "1.3.weight", "1.3.bias"}
+    # the hints change the student KD then trains (the same seed and KD epochs, without hints)
+    with_hints = run_method("fitnets", teacher, student("small_cnn"), hint_epochs=2, epochs=1)[0]
+    without = run_method("fitnets", teacher, student("small_cnn"), hint_epochs=0, epochs=1)[0]
+    assert (predictions(with_hints) != predictions(without)).mean() > 0.1
+
+
+def layer_divergence(teacher, model, layer_vectors: str = "flat") -> float:
+    """Mean over the five in-order (teacher, student) layer pairs of LEAD's layer KL on held-out images."""
+    t_layers, s_layers = features.feature_layers(teacher, 784), features.feature_layers(model, 784)
+    model.eval()
+    with features.capture(teacher, t_layers) as t_out, features.capture(model, s_layers) as s_out, torch.no_grad():
+        teacher(held_out_batch())
+        model(held_out_batch())
+        return float(np.mean([float(lead.layer_kl(lead.similarity_logits(t_out[t], 0.1, layer_vectors),
+                                                   lead.similarity_logits(s_out[s], 0.1, layer_vectors)))
+                              for t, s in zip(t_layers, s_layers)]))
+
+
+def test_lead_layer_term_alone_trains_the_students_layers(teacher, monkeypatch):
+    model = student("small_cnn")
+    pairing = lead.LayerPairing(features.feature_layers(teacher, 784), features.feature_layers(model, 784),
+                                k=5, redraw_every=1, seed=0)
+    objective = lead.LeadObjective(teacher, model, pairing, temperature=4.0, alpha=0.1, layer_temperature=10.0,
+                                   similarity_temperature=0.1)
+    monkeypatch.setattr(lead, "kd_loss", lambda student_logits, *_: student_logits.sum() * 0.0)  # the KD term off
+    with objective.hooks():
+        objective(model, held_out_batch(64), torch.as_tensor(Y[HELD_OUT[:64]])).backward()
+    for name in ("1.0.weight", "1.3.weight", "1.7.weight"):  # both convolutions and the hidden layer
+        assert float(model.get_parameter(name).grad.abs().sum()) > 0, name
+    head = model.get_parameter("1.10.weight").grad  # past every candidate layer: the KD term's alone
+    assert head is None or not head.any()
+
+
+def test_lead_brings_the_students_layer_scores_to_the_teachers_beyond_kd(teacher):
+    initial = layer_divergence(teacher, student("small_cnn"))
+    by_lead = run_method("lead", teacher, student("small_cnn"), epochs=2)[0]
+    by_kd = run_method("hinton_kd", teacher, student("small_cnn"), epochs=2)[0]  # LEAD without its layer term
+    lead_divergence, kd_divergence = layer_divergence(teacher, by_lead), layer_divergence(teacher, by_kd)
+    assert lead_divergence < 0.5 * initial and lead_divergence < 0.7 * kd_divergence, \
+        (initial, lead_divergence, kd_divergence)  # 0.41, 0.07, 0.14 when written
+
+
+def test_prod_guard_term_pulls_the_student_to_its_old_copy(teacher):
+    s, t, o, labels, temp = torch.randn(6, 10), torch.randn(6, 10), torch.randn(6, 10), torch.arange(6), 4.0
+    guard = prod.stage_loss(s, t, o, labels, temp, 0.1) - prod.stage_loss(s, t, None, labels, temp, 0.1)
+    assert float(guard) > 0 and torch.allclose(prod.stage_loss(s, t, s, labels, temp, 0.1),
+                                               prod.stage_loss(s, t, None, labels, temp, 0.1))
+    # a stage from a student taught by a weak teacher, guarded vs not: the guard keeps it near its old self
+    x = torch.as_tensor(X[np.concatenate([LABELLED, POOL])])
+    y = torch.cat([torch.as_tensor(Y[LABELLED]), torch.full((len(POOL),), -1)])
+    settings = dict(temperature=4.0, alpha=0.1, lr=2e-3, batch_size=64)
+    weak = prod.teacher_chain(teacher, X[LABELLED], Y[LABELLED], [0.2], epochs=5, lr=2e-3, batch_size=64, seed=0)[0]
+    start = student()
+    prod.distil_stage(start, weak, x, y, guard=False, epochs=1, seed=0, **settings)
+
+    def kl_from(source, model) -> float:
+        source_logits, model_logits = logits_of(source, held_out_batch()) / 4, logits_of(model, held_out_batch()) / 4
+        return float(F.kl_div(F.log_softmax(model_logits, -1), F.log_softmax(source_logits, -1), log_target=True,
+                              reduction="batchmean"))
+
+    drift = {}
+    for guarded in (True, False):
+        model = copy.deepcopy(start)
+        old = prod.distil_stage(model, teacher, x, y, guard=guarded, epochs=1, seed=1, **settings)
+        assert (old is not None) == guarded
+        drift[guarded] = kl_from(start, model)
+    assert drift[True] < 0.6 * drift[False], drift  # 0.04 vs 0.12 when written
+
+
+def test_prod_hard_subset_stage_fixes_the_items_the_student_gets_wrong(teacher):
+    quick = dict(epochs=1, lr=2e-3, batch_size=64, seed=0)
+    after_stage = prod.distil([teacher], student(), X[LABELLED], Y[LABELLED], X[POOL], hard_epochs=0, **quick)
+    hard = prod.hard_subset(teacher, after_stage, X[LABELLED], Y[LABELLED])
+    assert len(hard) > 20  # teacher right, student wrong after one epoch
+    # the same stage (same seeds), then two epochs on its hard subset
+    with_hard = prod.distil([teacher], student(), X[LABELLED], Y[LABELLED], X[POOL], hard_epochs=2, **quick)
+    fixed = (models.predict_proba(with_hard, X[LABELLED[hard]]).argmax(-1).numpy() == Y[LABELLED[hard]]).mean()
+    assert fixed > 0.4, fixed  # 0.67 when written; 0 by definition before
+
+
+# --------------------------------------------------------------------------------------------------
+# the design choices exposed as parameters (issue 18): a benchmark picks them on a validation split
+
+
+def test_registry_defaults_are_the_signature_defaults():
+    for method in registry.methods("distillation"):
+        signature = inspect.signature(method.load()).parameters
+        for key, default in method.defaults.items():
+            if key in signature and signature[key].default is not inspect.Parameter.empty:
+                given = signature[key].default
+                given = list(given) if isinstance(given, tuple) else given
+                assert given == default, (method.name, key, given, default)
+    prod_defaults = registry.get("distillation", "prod").defaults
+    assert {k: prod_defaults[k] for k in ("stage_budget", "pad_hard", "continue_optimiser")} == \
+        {"stage_budget": "route", "pad_hard": True, "continue_optimiser": True}  # the choices made before
+    assert registry.get("distillation", "lead").defaults["layer_vectors"] == "flat"
+
+
+def recorded_stages(monkeypatch) -> list[dict]:
+    """Every ``prod.distil_stage`` call's inputs and keywords, from now on (the stage still runs)."""
+    calls, real_stage = [], prod.distil_stage
+    monkeypatch.setattr(prod, "distil_stage",
+                        lambda model, t, x, y, **k: calls.append({"x": x, **k}) or real_stage(model, t, x, y, **k))
+    return calls
+
+
+@pytest.mark.parametrize("stage_budget, expected", [("route", [2, 3, 5]), ("equal", [4, 3, 3])])
+def test_prod_stage_budget_shares_epochs_by_route_or_equally(teacher, monkeypatch, stage_budget, expected):
+    assert prod.budget_shares([0.2, 0.5], 3, "route") == pytest.approx([0.2, 0.3, 0.5])
+    assert prod.budget_shares([0.2, 0.5], 3, "equal") == prod.budget_shares(None, 3, "route") == [1.0] * 3
+    calls = recorded_stages(monkeypatch)
+    run_method("prod", teacher, student("mlp"), epochs=10, hard_epochs=0, chain_checkpoints=[0.2, 0.5],
+               stage_budget=stage_budget)
+    assert [c["epochs"] for c in calls] == expected
+
+
+@pytest.mark.parametrize("pad_hard", [True, False])
+def test_prod_pad_hard_pads_a_small_hard_subset_or_leaves_it_alone(teacher, monkeypatch, pad_hard):
+    monkeypatch.setattr(prod, "hard_subset", lambda *a: np.array([3, 5]))  # two hard items, a batch is 64
+    calls = recorded_stages(monkeypatch)
+    run_method("prod", [teacher], student("mlp"), epochs=1, hard_epochs=1, pad_hard=pad_hard)
+    stage, hard = calls
+    assert len(stage["x"]) == len(LABELLED) + len(POOL)
+    assert torch.equal(hard["x"][:2], torch.as_tensor(X[LABELLED[[3, 5]]]))
+    assert len(hard["x"]) == (64 if pad_hard else 2)
+
+
+def test_prod_continue_optimiser_or_a_fresh_adam_on_the_hard_subset(teacher, monkeypatch):
+    calls = recorded_stages(monkeypatch)
+    continued = run_method("prod", [teacher], student("mlp"), epochs=1, hard_epochs=1)[0]
+    fresh = run_method("prod", [teacher], student("mlp"), epochs=1, hard_epochs=1, continue_optimiser=False)[0]
+    (stage, hard), (fresh_stage, fresh_hard) = calls[:2], calls[2:]
+    assert hard["optimiser"] is stage["optimiser"] is not None  # moments and all
+    assert fresh_hard["optimiser"] is None and fresh_stage["optimiser"] is not None  # fit's own new Adam
+    assert any(not torch.equal(a, b) for a, b in zip(continued.state_dict().values(), fresh.state_dict().values()))
+
+
+def test_lead_layer_vectors_flat_or_pooled_over_positions(teacher):
+    maps, vectors = torch.rand(5, 3, 4, 4), torch.rand(5, 7)
+    assert lead.layer_vectors_of(maps, "flat").shape == (5, 48)
+    assert torch.equal(lead.layer_vectors_of(maps, "pooled"), maps.mean((2, 3)))  # (5, 3): one value per channel
+    assert torch.equal(lead.layer_vectors_of(vectors, "pooled"), lead.layer_vectors_of(vectors, "flat"))
+    pooled = F.normalize(maps.mean((2, 3)), dim=1)
+    off = ~torch.eye(5, dtype=torch.bool)
+    assert torch.allclose(lead.similarity_logits(maps, 0.5, "pooled")[off], (pooled @ pooled.T / 0.5)[off])
+    assert not torch.allclose(lead.similarity_logits(maps, 0.5, "pooled"), lead.similarity_logits(maps, 0.5))
+    # the choice reaches training: the same run, pooled, aligns other scores and ends elsewhere
+    flat_student = run_method("lead", teacher, student("small_cnn"), epochs=1)[0]
+    pooled_student = run_method("lead", teacher, student("small_cnn"), epochs=1, layer_vectors="pooled")[0]
+    assert (predictions(flat_student) != predictions(pooled_student)).mean() > 0.02
+    assert layer_divergence(teacher, pooled_student, "pooled") < layer_divergence(teacher, student("small_cnn"),
+                                                                                  "pooled")
+
+
+@pytest.mark.parametrize("name, bad, message", [
+    ("prod", {"stage_budget": "thirds"}, r"stage_budget must be one of \('route', 'equal'\), got 'thirds'"),
+    ("prod", {"pad_hard": "false"}, "pad_hard must be true or false, got 'false'"),
+    ("prod", {"continue_optimiser": 1}, "continue_optimiser must be true or false, got 1"),
+    ("lead", {"layer_vectors": "mean"}, r"layer_vectors must be one of \('flat', 'pooled'\), got 'mean'"),
+])
+def test_bad_design_choices_are_refused_before_any_training(teacher, monkeypatch, name, bad, message):
+    steps = []
+    monkeypatch.setattr(torch.optim.Adam, "step", lambda self, *a, **k: steps.append(1))
+    with pytest.raises(ValueError, match=message):
+        run_method(name, teacher, student("mlp"), **bad)
+    assert steps == []  # PROD: before its chain of teachers is trained

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from sklearn.datasets import load_digits
 
 from distillery.components.core import models, registry
@@ -32,10 +33,18 @@ def digits_pool():
 
 @pytest.mark.parametrize("name", [m.name for m in registry.methods("selection")])
 def test_every_strategy_picks_distinct_seeded_positions(name, digits_pool):
+    model = digits_pool().model  # one model, shared by every strategy of the module
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    mode, size, probs = model.training, models.count_parameters(model), digits_pool().probs()
     first, scores = resolve(name, 7, PARAMS.get(name)).select(digits_pool(), 25)
     again, _ = resolve(name, 7, PARAMS.get(name)).select(digits_pool(), 25)
     assert first.dtype == np.int64 and len(set(first.tolist())) == 25
     assert first.min() >= 0 and first.max() < 600
     assert first.tolist() == again.tolist()
     assert scores.shape == (600,) and np.isfinite(scores).all()
-    models.count_parameters(digits_pool().model)  # the model is untouched and still usable
+    # the model is untouched (weights, buffers, train/eval mode) and still gives the same outputs:
+    # a strategy that trained it or left dropout on (MC passes) would change the next round's model
+    assert model.state_dict().keys() == state.keys()
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+    assert model.training == mode and models.count_parameters(model) == size
+    assert np.array_equal(digits_pool().probs(), probs)
