@@ -254,6 +254,22 @@ def _resume(cfg: Checkpointing, model: nn.Module, optimiser, generator: torch.Ge
     return int(state["epoch"])
 
 
+TRAINING_KEYS = ("epochs", "lr", "batch_size")  # what every training method takes besides its own keywords
+
+
+def method_call(name: str, params: dict) -> tuple[str, dict, dict]:
+    """``(arch, arch_kwargs, method_kwargs)``: how a training method's resolved ``params`` map onto its
+    call, the one mapping the training task, the contract tests and the benchmarks share. ``arch`` names
+    the architecture (a method without one is named after its own, e.g. ``small_cnn``); with an
+    ``arch_kwargs`` parameter every other parameter but :data:`TRAINING_KEYS` is a keyword of the method,
+    without one every such parameter is an architecture argument."""
+    arch = params.get("arch", name)
+    if "arch_kwargs" in params:
+        rest = {k: v for k, v in params.items() if k not in (*TRAINING_KEYS, "arch", "arch_kwargs")}
+        return arch, dict(params["arch_kwargs"]), rest
+    return arch, {k: v for k, v in params.items() if k not in (*TRAINING_KEYS, "arch")}, {}
+
+
 def cross_entropy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return nn.functional.cross_entropy(model(x), y)
 

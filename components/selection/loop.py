@@ -80,13 +80,15 @@ def train_model(features, labels, meta: dict, model_kwargs: dict, train_kwargs: 
     arch = model_kwargs.pop("arch", "mlp")
     if training is not None:
         from distillery.components.core import registry
+        from distillery.components.core.train import method_call
 
         method = registry.get("training", training)
         if "unlabelled" not in method.inputs:
             raise ValueError(f"training method {training!r} does not learn from the pool; pool-aware methods: "
                              f"{[m.name for m in registry.methods('training') if 'unlabelled' in m.inputs]}")
         p = method.resolve_params(training_params)
-        extra = {k: v for k, v in p.items() if k not in ("arch", "arch_kwargs", "epochs", "lr", "batch_size")}
+        # every strategy gets the same model: the loop's architecture, not the method's own `arch`
+        _, _, extra = method_call(training, {**p, "arch_kwargs": {}})
         return method.load()(features, labels, meta, arch, model_kwargs, p["epochs"], p["lr"], p["batch_size"], seed,
                              unlabelled=unlabelled, **extra)
     from distillery.components.core.train import train_classifier

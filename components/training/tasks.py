@@ -29,7 +29,6 @@ from contextlib import contextmanager
 from distillery.components.core.datasets import load_arrays, load_labelled, unlabelled_rows
 from distillery.components.core.tracking import method_task, parent_run_id, progress
 
-TRAINING_KEYS = ("epochs", "lr", "batch_size")
 SYSTEM_METRICS_INTERVAL_S = 5.0
 CHECKPOINT_ROOT_ENV = "DISTILLERY_CHECKPOINT_DIR"  # a persistent volume: resume across task retries
 
@@ -47,18 +46,11 @@ def _run_training(method: str, context: str, run_key: str, params: str, round_in
                   splits: str, labelled: str, model_out: str, launched: bool) -> None:
     import mlflow
     from distillery.components.core import models, registry
-    from distillery.components.core.train import accuracy
+    from distillery.components.core.train import accuracy, method_call
 
     with method_task("training", method, context, run_key, params, round_index) as (ctx, entry, p):
         data, split, labels = load_labelled(dataset), load_arrays(splits), load_arrays(labelled)
-        # `arch` names the architecture; methods without it are named after theirs (small_cnn).
-        arch = p.get("arch", method)
-        if "arch_kwargs" in p:
-            arch_kwargs = dict(p["arch_kwargs"])
-            method_kwargs = {k: v for k, v in p.items() if k not in (*TRAINING_KEYS, "arch", "arch_kwargs")}
-        else:
-            arch_kwargs = {k: v for k, v in p.items() if k not in (*TRAINING_KEYS, "arch")}
-            method_kwargs = {}
+        arch, arch_kwargs, method_kwargs = method_call(method, p)
         epochs = p["epochs"]
         seed = ctx.seed + round_index
 

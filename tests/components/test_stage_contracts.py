@@ -107,8 +107,8 @@ def _contract(stage: str):
 def planned_call(method: registry.Method):
     """``(protocol function, target function, args, kwargs)``: the call the stage's task makes, with the
     method's default parameters (placeholders stand for arrays and models; binding checks names only)."""
+    from distillery.components.core.train import method_call
     from distillery.components.distillation.tasks import method_params
-    from distillery.components.training.tasks import TRAINING_KEYS
 
     stage, p, target, contract = method.stage, dict(method.defaults), method.load(), _contract(method.stage)
     data, array, model, seed = "data", "array", "model", 0
@@ -124,12 +124,7 @@ def planned_call(method: registry.Method):
     if stage == "labelling":
         return contract.LabellingMethod.from_task, target.from_task, (data, {"repo": "r", "path": DATA_PATH}), p
     if stage == "training":
-        arch = p.get("arch", method.name)
-        if "arch_kwargs" in p:
-            arch_kwargs = p["arch_kwargs"]
-            kwargs = {k: v for k, v in p.items() if k not in (*TRAINING_KEYS, "arch", "arch_kwargs")}
-        else:
-            arch_kwargs, kwargs = {k: v for k, v in p.items() if k not in (*TRAINING_KEYS, "arch")}, {}
+        arch, arch_kwargs, kwargs = method_call(method.name, p)
         kwargs.update(dict.fromkeys(contract.HOOKS[method.execution]))
         kwargs.update(dict.fromkeys(method.inputs, array))  # e.g. the unlabelled pool
         args = (array, array, META, arch, arch_kwargs, p["epochs"], p["lr"], p["batch_size"], seed, None)
