@@ -1,16 +1,29 @@
-"""What the benchmarks share: what they write besides their numbers (the machine it ran on, the JSON
-file plus the printed table) and, for the active-learning ones, which strategies they run."""
+"""What the benchmarks share: what they write besides their numbers (the script, the commit and the
+machine a result came from, the protocol it followed, the JSON file plus the printed table) and, for
+the active-learning ones, which strategies they run.
+
+Every benchmark module defines ``markdown(result) -> str``: its tables, rendered from a result JSON.
+:func:`write_result` prints it after a run, and ``benchmarks/report.py`` puts it into
+``benchmarks/README.md``, so the README's numbers are the JSON's.
+"""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
+import subprocess
+import sys
 from collections.abc import Callable
+from datetime import UTC
 from pathlib import Path
 
 import numpy as np
 
 from benchmarks import _peers
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIGS = ROOT / "benchmarks" / "configs"
 
 
 def machine_info(load_before: float) -> dict:
@@ -22,10 +35,63 @@ def machine_info(load_before: float) -> dict:
             "torch": torch.__version__, "numpy": np.__version__, "scipy": scipy.__version__,
             "scikit-learn": sklearn.__version__,
             _peers.PEER: _peers.peer_version(),
+            "gpu": gpu_name(),
             "load_avg_1min": {"before": load_before, "after": os.getloadavg()[0]}}
 
 
-def write_result(result: dict, output: Path, print_result: Callable[[dict], None]) -> int:
+def gpu_name() -> str | None:
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+
+
+def git_commit() -> dict:
+    """The commit the benchmark ran from and the tracked files that differed from it (``dirty``: a
+    result is reproducible from its commit alone only where none of them is code the benchmark ran)."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+
+    try:
+        # porcelain lines are "XY path": not stripped, as X may be a space
+        changed = git("status", "--porcelain", "--untracked-files=no").splitlines()
+        return {"commit": git("rev-parse", "HEAD").strip(), "dirty": [line[3:] for line in changed]}
+    except (OSError, subprocess.CalledProcessError):
+        return {"commit": None, "dirty": None}
+
+
+def script_name() -> str:
+    """The benchmark module that is running, as ``python -m`` names it (``benchmarks.distillation``)."""
+    main = sys.modules["__main__"]
+    spec = getattr(main, "__spec__", None)
+    return spec.name if spec is not None else Path(sys.argv[0]).stem
+
+
+def provenance(script: str | None = None) -> dict:
+    """What every result JSON carries: the script, its command line, the commit and the date."""
+    from datetime import datetime
+
+    return {"script": script or script_name(), "argv": sys.argv[1:], **git_commit(),
+            "date": datetime.now(UTC).isoformat(timespec="seconds")}
+
+
+def config_file(name: str) -> tuple[dict, dict]:
+    """A committed benchmark config (``benchmarks/configs/<name>``): its content and its reference for
+    ``summary.protocol`` (path and sha256 of the bytes read)."""
+    path = CONFIGS / name
+    raw = path.read_bytes()
+    return json.loads(raw), {"config": str(path.relative_to(ROOT)), "config_sha256": hashlib.sha256(raw).hexdigest()}
+
+
+def protocol(*, split_sizes: dict, model_selection: str, seeds, config: dict | None = None, **extra) -> dict:
+    """``summary.protocol``: the split sizes, how choices were made (``"validation"``, or ``"none"`` for a
+    benchmark that chooses nothing from results), the seeds or repeats, the config file and its hash."""
+    return {"split_sizes": split_sizes, "model_selection": model_selection, "seeds": seeds,
+            **(config or {"config": None, "config_sha256": None}), **extra}
+
+
+def write_result(result: dict, output: Path, print_result: Callable[[dict], None], *,
+                 script: str | None = None) -> int:
+    result.setdefault("provenance", provenance(script))
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(result, indent=2) + "\n")
     print_result(result)
@@ -50,3 +116,9 @@ def strategy_configs(anchoral: list[tuple[str, dict]]) -> dict[str, tuple[str, d
         for label, params in wrapped.get(method.name, [(method.name, {})]):
             configs[label] = (method.name, params)
     return configs
+
+
+def mean_std(values) -> dict:
+    """``{"mean", "std", "values"}`` of repeated measurements (population std, as the tables print it)."""
+    values = [float(v) for v in values]
+    return {"mean": float(np.mean(values)), "std": float(np.std(values)), "values": values}

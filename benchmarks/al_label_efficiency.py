@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-imbalanced", action="store_true", help="skip the imbalanced-pool runs")
     parser.add_argument("--output", type=Path, help="result JSON (default: benchmarks/results/"
                                                     "al_label_efficiency.json, "
-                                                    "al_label_efficiency_quick.json with --quick)")
+                                                    "quick/al_label_efficiency.json with --quick)")
     args = parser.parse_args(argv)
 
     schedule = QUICK_SCHEDULE if args.quick else SCHEDULE
@@ -248,15 +248,36 @@ def main(argv: list[str] | None = None) -> int:
         result["pool_aware"] = summarise_pool_aware(result, pool_aware)
     if train:
         result["protocol"]["training_overrides"] = train
+    result["summary"]["protocol"] = protocol(result)
     from benchmarks import _results
 
     result["machine"] = _results.machine_info(load_before)
     result["wall_seconds"] = round(wall, 1)
-    name = "al_label_efficiency" + ("_pool_aware" if pool_aware else "") + ("_quick" if args.quick else "")
-    output = args.output or RESULTS / f"{name}.json"
+    name = "al_label_efficiency" + ("_pool_aware" if pool_aware else "")
+    # quick runs go where benchmarks.report never looks (results/quick/, ignored by git)
+    output = args.output or (RESULTS / "quick" if args.quick else RESULTS) / f"{name}.json"
     if pool_aware:
         plot_curves(result, output.with_suffix(".png"))
-    return _results.write_result(result, output, print_result)
+    return _results.write_result(result, output, print_result, script="benchmarks.al_label_efficiency")
+
+
+def protocol(result: dict) -> dict:
+    """``summary.protocol`` from the result: a fixed protocol (schedule, model, training), so nothing is
+    chosen from results; ``+pool`` cells read the training frozen on a validation split by
+    ``benchmarks.pool_aware_tuning`` (its config and sha256)."""
+    from benchmarks import _results
+
+    p, training = result["protocol"], (result.get("pool_aware") or {}).get("training")
+    sizes = {"pool": p["pool_size"], "test": p["test_size"]}
+    if result.get("imbalanced"):
+        sizes["imbalanced_pool"] = result["imbalanced"]["pool_size"]
+    extra = {"pool_aware_training": "chosen on a validation split of the pool by benchmarks.pool_aware_tuning; "
+                                    "the test split is read once, here"} if training else {}
+    return _results.protocol(
+        split_sizes=sizes, model_selection="none", seeds=list(range(p["seeds"])),
+        config={k: training[k] for k in ("config", "config_sha256")} if training else None,
+        choices="none from results: a fixed schedule, model and training; best_strategy is reported, not used",
+        **extra)
 
 
 def pool_aware_training(quick: bool) -> dict:
@@ -443,53 +464,177 @@ def _fmt_labels(value) -> str:
     return "never" if value is None else f"{value:.0f}"
 
 
+MISSING = "–"  # a point the run's schedule does not have (--quick)
+
+
+def _pm(pair) -> str:
+    """``mean ± std`` of a ``[mean, std]`` pair, or :data:`MISSING` where the schedule has no such point."""
+    from benchmarks.report import pm
+
+    return MISSING if pair is None else pm(pair)
+
+
 def print_result(result: dict) -> None:
-    s, p = result["summary"], result["protocol"]
-    m = result["machine"]
-    print(f"\nLabel efficiency, MNIST pool {p['pool_size']} / test {p['test_size']}, {p['seeds']} seed(s), "
-          f"schedule {p['schedule'][0]}..{p['schedule'][-1]}; {m['cores']} cores, "
-          f"load {m['load_avg_1min']['before']:.2f} before / {m['load_avg_1min']['after']:.2f} after; "
-          f"wall {result['wall_seconds']:.0f} s")
-    print(f"full-data accuracy {s['full_data_accuracy']:.4f}; target (95%) {result['target_accuracy']:.4f}\n")
-    rows = {**result["strategies"], **result["peers"]}
-    points = [n for n in REPORT_AT if any(str(n) in r["accuracy_at"] for r in rows.values())]
-    width = max([len("strategy")] + [len(k) for k in rows])
-    head = f"{'strategy':<{width}}  " + "  ".join(f"{'acc@' + str(n):>13}" for n in points) + \
-        f"  {'labels→95%':>10}  {'query s':>8}"
-    print(head)
-    print("-" * len(head))
-    for label, r in rows.items():
-        cells = "  ".join(f"{r['accuracy_at'][str(n)][0]:.3f} ± {r['accuracy_at'][str(n)][1]:.3f}"
-                          if str(n) in r["accuracy_at"] else f"{'-':>13}" for n in points)
-        print(f"{label:<{width}}  {cells}  {_fmt_labels(r['labels_to_95pct']):>10}  {r['query_seconds_total']:>8.2f}")
-    t = result["targets"]
-    print(f"\nbest strategy: {s['best_strategy']} ({_fmt_labels(t['best_labels'])} labels); random: "
-          f"{_fmt_labels(t['random_labels'])}; best peer: {_fmt_labels(t['best_peer_labels'])}")
-    print(f"target: best <= half of random's labels: {t['best_at_most_half_of_random']}; "
-          f"best <= best peer's labels: {t['best_not_more_than_best_peer']}")
-    imb = result["imbalanced"]
-    if imb and imb["results"]:
-        print(f"\nImbalanced pool: class {imb['minority_class']} is {imb['minority_in_pool']} of {imb['pool_size']} "
-              f"items (1%), random initial labels; at {p['schedule'][-1]} labels:\n")
-        width = max(len("strategy"), *(len(k) for k in imb["results"]))
-        head = f"{'strategy':<{width}}  {'minority recall':>15}  {'minority labels':>15}  {'accuracy':>13}  " \
-               f"{'s / query':>9}"
-        print(head)
-        print("-" * len(head))
-        for label, r in imb["results"].items():
-            print(f"{label:<{width}}  {r['minority_recall'][0]:>7.3f} ± {r['minority_recall'][1]:.3f}  "
-                  f"{r['minority_labels']:>15.1f}  {r['accuracy'][0]:.3f} ± {r['accuracy'][1]:.3f}  "
-                  f"{r['query_seconds_mean']:>9.3f}")
-    pa = result.get("pool_aware")
-    if pa:
-        print(f"\nPool-aware training: {pa['training']['candidate']} ({pa['training']['config']}, chosen on "
-              f"validation); best cell {pa['best']}: {_fmt_labels(pa['best_labels'])} labels to 95% against the "
-              f"best peer's {_fmt_labels(pa['best_peer_labels'])}; target <= 200: {pa['target_at_most_200']}; "
-              f"stretch <= 100: {pa['stretch_at_most_100']}")
+    print(markdown(result))
+
+
+def markdown(result: dict, view: str | None = None) -> str:
+    """The README's tables: a pool-aware result's cells, or every strategy with the imbalanced pool;
+    ``view`` ``"combination"``: the top-level README's table of a pool-aware result."""
+    if view not in (None, "combination"):
+        raise ValueError(f"unknown view {view!r}: none or 'combination'")
+    if view == "combination":
+        return _combination(result)
+    if result.get("pool_aware"):
+        parts = [_pool_aware_head(result), _pool_aware_table(result), _pool_aware_targets(result)]
+    else:
+        parts = [_head(result), _strategy_table(result), _imbalanced_table(result), _targets_text(result),
+                 _query_times(result), _anchoral(result)]
     if result["errors"]:
-        print("\nFailed runs:")
-        for key, error in result["errors"].items():
-            print(f"  {key}: {error.splitlines()[0][:200]}")
+        parts.append("Failed runs: " + "; ".join(f"{key}: `{error.splitlines()[0][:200]}`"
+                                                 for key, error in result["errors"].items()))
+    return "\n\n".join(part for part in parts if part)
+
+
+def _head(result: dict) -> str:
+    from benchmarks.report import source
+
+    m, p, s = result["machine"], result["protocol"], result["summary"]
+    load = m["load_avg_1min"]
+    return (f"{m['cores']} cores (load average {load['before']:.1f} before / {load['after']:.1f} after), "
+            f"Python {m['python']}, torch {m['torch']}, scikit-learn {m['scikit-learn']}, {p['peer']}; "
+            f"{p['seeds']} seed(s), wall {result['wall_seconds'] / 60:.0f} min "
+            f"({source(result, 'al_label_efficiency.json')}). Full-data accuracy {s['full_data_accuracy']:.3f}, "
+            f"target {result['target_accuracy']:.3f}.")
+
+
+def _strategy_table(result: dict) -> str:
+    from benchmarks.report import pm, table
+
+    rows, best = {**result["strategies"], **result["peers"]}, result["summary"]["best_strategy"]
+    points = [n for n in REPORT_AT if any(str(n) in r["accuracy_at"] for r in rows.values())]
+    body = []
+    for label, r in rows.items():
+        labels = _fmt_labels(r["labels_to_95pct"])
+        body.append([f"**{label}**" if label == best else label,
+                     *(pm(r["accuracy_at"][str(n)]) if str(n) in r["accuracy_at"] else "-" for n in points),
+                     f"**{labels}**" if label == best else labels, f"{r['query_seconds_total']:.2f}"])
+    return table(["strategy", *(f"acc@{n}" for n in points), "labels→95%", "query s"], body)
+
+
+def _imbalanced_table(result: dict) -> str:
+    from benchmarks.report import pm, table
+
+    imb = result["imbalanced"]
+    if not imb or not imb["results"]:
+        return ""
+    rows = [[label, pm(r["minority_recall"]), f"{r['minority_labels']:.1f}", pm(r["accuracy"]),
+             f"{r['query_seconds_mean']:.3f}"] for label, r in imb["results"].items()]
+    return (f"Imbalanced pool (class {imb['minority_class']}: {imb['minority_in_pool']} of {imb['pool_size']:,} "
+            f"items, {imb['initial']} initial labels), at {result['protocol']['schedule'][-1]:,} labels:\n\n"
+            + table(["strategy", "minority recall", "minority labels", "accuracy", "s / query"], rows))
+
+
+def _targets_text(result: dict) -> str:
+    t, s, last = result["targets"], result["summary"], result["protocol"]["schedule"][-1]
+    random = result["strategies"]["random"]
+    if t["random_labels"] is None:
+        reach = (f"random does not reach it by {last:,} (accuracy {random['curve']['accuracy_mean'][-1]:.3f} at "
+                 f"{last:,} labels)")
+    else:
+        reach = f"random reaches it at {_fmt_labels(t['random_labels'])}"
+    peers = {k: v for k, v in s["peer"].items() if v is not None}
+    best_peer = (f"the best peer strategy, {min(peers, key=peers.get)}, at {_fmt_labels(t['best_peer_labels'])} "
+                 "labels" if peers else "no peer strategy reaches it")
+    return (f"Targets: the best strategy, {s['best_strategy']}, reaches the target at {_fmt_labels(t['best_labels'])} "
+            f"labels; {reach}; {best_peer}. Best at most half of random's labels: "
+            f"`{t['best_at_most_half_of_random']}`; best not more than the best peer's: "
+            f"`{t['best_not_more_than_best_peer']}`.")
+
+
+def _query_times(result: dict) -> str:
+    pairs = [(label.removeprefix(PEER_PREFIX), r) for label, r in result["peers"].items()
+             if label.removeprefix(PEER_PREFIX) in result["strategies"]]
+    if not pairs:
+        return ""
+    queries = len(result["protocol"]["schedule"]) - 1
+    return (f"Query time over the {queries} queries, ours / the peer's: " + ", ".join(
+        f"{name} {result['strategies'][name]['query_seconds_total']:.2f} / {r['query_seconds_total']:.2f} s"
+        for name, r in pairs) + ".")
+
+
+def _anchoral(result: dict) -> str:
+    rows = (result["imbalanced"] or {}).get("results", {})
+    pairs = [(label, label[len("anchoral("):-1]) for label in rows if label.startswith("anchoral(")]
+    pairs = [(label, base) for label, base in pairs if base in rows]
+    if not pairs:
+        return ""
+    return "AnchorAL on the imbalanced pool: " + "; ".join(
+        f"{label} {rows[label]['minority_labels']:.1f} minority labels and {rows[label]['query_seconds_mean']:.3f} s "
+        f"per query, against {rows[base]['minority_labels']:.1f} and {rows[base]['query_seconds_mean']:.3f} s for "
+        f"{base}" for label, base in pairs) + "."
+
+
+def _pool_aware_head(result: dict) -> str:
+    from benchmarks.report import source
+
+    m, pa = result["machine"], result["pool_aware"]
+    return (f"{source(result, 'al_label_efficiency_pool_aware.json')} (plot "
+            f"`results/al_label_efficiency_pool_aware.png`), {m['cores']} cores, {result['protocol']['seeds']} seeds, "
+            f"{result['wall_seconds']:,.0f} s: full-data accuracy {result['summary']['full_data_accuracy']:.4f}, so "
+            f"the 95% mark is {result['target_accuracy']:.4f}. The `+pool` cells train with "
+            f"{pa['training']['candidate']} (`{pa['training']['config']}`).")
+
+
+def _pool_aware_table(result: dict) -> str:
+    from benchmarks.report import table
+
+    pa, peer = result["pool_aware"], result["protocol"]["peer"].split()[0]
+    rows = []
+    for label, cell in pa["cells"].items():
+        labels = _fmt_labels(cell["labels_to_95pct"])
+        per_seed = ", ".join(_fmt_labels(v) for v in cell["labels_to_95pct_per_seed"])
+        rows.append([f"{label} ({peer})" if label.startswith(PEER_PREFIX) else label,
+                     f"{f'**{labels}**' if label == pa['best'] else labels} ({per_seed})",
+                     *(_pm(cell["accuracy_at"].get(str(n))) for n in POOL_AWARE_REPORT_AT)])
+    return table(["cell", "labels to 95% (per seed)", *(f"acc@{n}" for n in POOL_AWARE_REPORT_AT)], rows, "llrrr")
+
+
+def _pool_aware_targets(result: dict) -> str:
+    pa = result["pool_aware"]
+
+    def met(value):
+        return "not measured" if value is None else "met" if value else "not met"
+
+    return (f"Targets: best pool-aware cell at most 200 labels: **{met(pa['target_at_most_200'])}** ({pa['best']}, "
+            f"{_fmt_labels(pa['best_labels'])} against the best peer's {_fmt_labels(pa['best_peer_labels'])}). "
+            f"Stretch, at most 100: **{met(pa['stretch_at_most_100'])}**.")
+
+
+def _combination(result: dict) -> str:
+    """Labels to the 95% mark of every strategy with and without the pool-aware training, and the peer's."""
+    from benchmarks.report import table
+
+    cells, candidate = result["pool_aware"]["cells"], result["pool_aware"]["training"]["candidate"]
+    last = result["protocol"]["schedule"][-1]
+
+    def labels(cell):
+        value = cell["labels_to_95pct"]
+        return f"never (by {last:,})" if value is None else _fmt_labels(value)
+
+    def mean(cell, n: int) -> str:
+        pair = cell["accuracy_at"].get(str(n))
+        return MISSING if pair is None else f"{pair[0]:.3f}"
+
+    rows = [[label, labels(cell), labels(cells[label + POOL_AWARE]),
+             " / ".join(mean(cells[label + POOL_AWARE], n) for n in (100, 400))]
+            for label, cell in cells.items() if label + POOL_AWARE in cells]
+    peers = {k.removeprefix(PEER_PREFIX): cell for k, cell in cells.items() if k.startswith(PEER_PREFIX)}
+    if peers:
+        rows.append([f"peer: {result['protocol']['peer'].split()[0]} {' / '.join(peers)}",
+                     " / ".join(labels(cell) for cell in peers.values()), "-", "-"])
+    head = ["strategy", "supervised", f"+ {candidate} on the pool", f"accuracy at 100 / 400 labels with {candidate}"]
+    return table(head, rows, "llll")
 
 
 if __name__ == "__main__":

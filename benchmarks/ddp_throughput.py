@@ -35,6 +35,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
+SEED = 0  # the training seed of every run
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,11 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.epochs < 2:
         raise SystemExit("--epochs must be >= 2 (the first epoch is warm-up)")
     result = benchmark(args.epochs, args.batch_sizes, args.processes, args.samples)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2) + "\n")
-    print_result(result)
-    print(f"\nWrote {args.output}")
-    return 0
+    result["summary"]["protocol"] = protocol(result)
+    from benchmarks import _results
+
+    return _results.write_result(result, args.output, print_result, script="benchmarks.ddp_throughput")
 
 
 def _load(samples: int):
@@ -73,7 +73,7 @@ def benchmark(epochs: int, batch_sizes: list[int], processes: list[int], samples
     from distillery.components.training.distributed import train_data_parallel
 
     x, y, meta = _load(samples)
-    arch, kwargs, lr, seed = "small_cnn", {}, 1e-3, 0
+    arch, kwargs, lr, seed = "small_cnn", {}, 1e-3, SEED
     cores = os.cpu_count() or 1
     runs = []
     load_before = os.getloadavg()[0]
@@ -139,6 +139,17 @@ def benchmark(epochs: int, batch_sizes: list[int], processes: list[int], samples
     }
 
 
+def protocol(result: dict) -> dict:
+    """``summary.protocol`` of a timing, from the result: nothing chosen from results; each run's throughput
+    is the median of its epochs after the first (the repeats, ``seeds``), all runs with one training seed."""
+    from benchmarks import _results
+
+    model = result["model"]
+    return _results.protocol(split_sizes={"train": model["samples"]}, model_selection="none",
+                             seeds=model["epochs"] - 1, repeats="epochs after the warm-up one, median taken",
+                             training_seed=SEED)
+
+
 def _parameters(meta: dict) -> int:
     from distillery.components.core import models
 
@@ -155,22 +166,42 @@ def _row(launcher: str, processes: int, threads: int, batch: int, samples: int, 
 
 
 def print_result(result: dict) -> None:
-    m, s = result["machine"], result["summary"]
+    print(markdown(result))
+
+
+def markdown(result: dict) -> str:
+    from benchmarks.report import source, table
+
+    m, model = result["machine"], result["model"]
     load = m["load_avg_1min"]
-    print(f"\nDDP throughput: {result['model']['arch']} ({result['model']['parameters']:,} parameters), "
-          f"MNIST {result['model']['samples']:,}, {result['model']['epochs']} epochs; {m['cores']} cores, "
-          f"torch {m['torch']}, gloo; load average {load['before']:.2f} before / {load['after']:.2f} after\n")
-    header = f"{'launcher':<10}  {'procs':>5}  {'threads/proc':>12}  {'global batch':>12}  " \
-             f"{'epoch s (median)':>16}  {'samples/s':>9}  {'wall s':>7}"
-    print(header)
-    print("-" * len(header))
-    for r in result["runs"]:
-        print(f"{r['launcher']:<10}  {r['processes']:>5}  {r['threads_per_process']:>12}  {r['batch_size']:>12}  "
-              f"{r['median_epoch_s']:>16.2f}  {r['samples_per_second']:>9.0f}  {r['wall_s']:>7.1f}")
-    if s.get("speedup") is not None:
-        hi, lo = max(map(int, s["samples_per_second"])), min(map(int, s["samples_per_second"]))
-        print(f"\nspeed-up of {hi} over {lo} process(es) at global batch {s['batch_size']}: {s['speedup']:.2f}x "
-              f"(cores shared out), {s['speedup_1_thread_per_process']:.2f}x (1 thread per process)")
+    head = (f"{m['cores']} CPU cores (1-minute load average {load['before']:.2f} before / {load['after']:.2f} "
+            f"after), torch {m['torch']}, {m['backend']}, {model['arch']} ({model['parameters']:,} parameters) on "
+            f"MNIST {model['samples']:,}, {model['epochs']} epochs ({source(result, 'ddp_throughput.json')}):")
+    rows = [[r["launcher"], r["processes"], r["threads_per_process"], r["batch_size"], f"{r['median_epoch_s']:.2f}",
+             f"{r['samples_per_second']:,.0f}", f"{r['wall_s']:.1f}"] for r in result["runs"]]
+    columns = ["launcher", "processes", "threads / process", "global batch", "epoch s (median)", "samples/s",
+               "wall s"]
+    return "\n\n".join([head, table(columns, rows), _speedups(result)])
+
+
+def _speedups(result: dict) -> str:
+    """Speed-up of 2 torchrun processes over 1 per batch size, cores shared out and at 1 thread per process;
+    with the gradient bytes each rank all-reduces per step (fp32)."""
+    cores, runs = result["machine"]["cores"], result["runs"]
+
+    def rate(batch, processes, threads):
+        return next((r["samples_per_second"] for r in runs if r["launcher"] == "torchrun" and r["batch_size"] == batch
+                     and r["processes"] == processes and r["threads_per_process"] == threads), None)
+
+    def ratio(batch, threads_one, threads_two):
+        one, two = rate(batch, 1, threads_one), rate(batch, 2, threads_two)
+        return "-" if one is None or two is None else f"{two / one:.2f}x"
+
+    batches = sorted({r["batch_size"] for r in runs})
+    cells = [f"batch {b}: {ratio(b, cores, max(cores // 2, 1))} with the cores shared out, "
+             f"{ratio(b, 1, 1)} at 1 thread per process" for b in batches]
+    return (f"Speed-up of 2 processes over 1: {'; '.join(cells)}. Each step all-reduces "
+            f"{4 * result['model']['parameters'] / 1e6:.1f} MB of fp32 gradients.")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ module changes in that copy and the image is built again: only the code's layers
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -32,11 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="distillery-image-bench-") as tmp:
         result = benchmark(Path(tmp))
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2) + "\n")
-    print_result(result)
-    print(f"\nWrote {args.output}")
-    return 0
+    from benchmarks import _results
+
+    return _results.write_result(result, args.output, print_result, script="benchmarks.image_build")
 
 
 def benchmark(tmp: Path) -> dict:
@@ -69,8 +66,17 @@ def benchmark(tmp: Path) -> dict:
         "summary": {"base_image_s": round(base_s, 1), "cold_build_s": round(cold_s, 1),
                     "cold_total_s": round(base_s + cold_s, 1), "code_only_rebuild_s": round(code_only_s, 1),
                     "image_size_bytes": size, "changed_file": CHANGED,
-                    "ids": {"cold": cold.id, "after_code_change": rebuilt.id}},
+                    "ids": {"cold": cold.id, "after_code_change": rebuilt.id},
+                    "protocol": protocol()},
     }
+
+
+def protocol() -> dict:
+    """``summary.protocol`` of a timing: no data and nothing chosen from results; each build is timed once."""
+    from benchmarks import _results
+
+    return _results.protocol(split_sizes={}, model_selection="none", seeds=1,
+                             repeats="each build (base, cold image, code-only rebuild) timed once")
 
 
 def _export_checkout(dst: Path) -> None:
@@ -92,17 +98,28 @@ def _version(tool: str) -> str:
 
 
 def print_result(result: dict) -> None:
-    s = result["summary"]
-    print(f"\nImage {result['image']} on {result['machine']['cores']} cores ({result['machine']['podman']}, "
-          f"{result['machine']['buildah']})\n")
-    rows = [("base image (mmdebstrap + import)", f"{s['base_image_s']:7.1f} s"),
-            ("cold build (every layer)", f"{s['cold_build_s']:7.1f} s"),
-            ("cold, in all", f"{s['cold_total_s']:7.1f} s"),
-            (f"rebuild after a code-only change ({s['changed_file']})", f"{s['code_only_rebuild_s']:7.1f} s"),
-            ("image size", f"{s['image_size_bytes'] / 1e9:7.2f} GB")]
-    width = max(len(r[0]) for r in rows)
-    for name, value in rows:
-        print(f"{name:<{width}}  {value}")
+    print(markdown(result))
+
+
+def markdown(result: dict, view: str | None = None) -> str:
+    """The README's table (``view`` ``"summary"``: one sentence for the top-level README)."""
+    from benchmarks.report import source, table
+
+    s, m = result["summary"], result["machine"]
+    size = s["image_size_bytes"] / 1e9
+    if view not in (None, "summary"):
+        raise ValueError(f"unknown view {view!r}: none or 'summary'")
+    if view == "summary":
+        return (f"On {m['cores']} cores (`benchmarks/results/image_build.json`, {result['date'][:10]}): "
+                f"a cold build takes {s['cold_total_s']:.0f} s ({s['base_image_s']:.0f} s for the base, "
+                f"{s['cold_build_s']:.0f} s for the image), a rebuild after a code-only change "
+                f"{s['code_only_rebuild_s']:.1f} s; the image is {size:.1f} GB.")
+    rows = [["base image (mmdebstrap + `podman import`)", f"{s['base_image_s']:.1f}"],
+            ["cold build, every layer", f"{s['cold_build_s']:.1f}"],
+            ["cold, in all", f"{s['cold_total_s']:.1f}"],
+            [f"rebuild after a code-only change (`{s['changed_file']}`)", f"{s['code_only_rebuild_s']:.1f}"]]
+    return (f"`{result['image']}` ({source(result, 'image_build.json')}, {m['cores']} cores, {m['podman']}, "
+            f"{m['buildah']}):\n\n{table(['step', 'seconds'], rows)}\n\nThe image is {size:.2f} GB.")
 
 
 if __name__ == "__main__":

@@ -49,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="1 seed, 4 candidates, a third of the epochs")
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--output", type=Path, default=RESULTS / "ood_selection.json")
+    parser.add_argument("--output", type=Path, help="result JSON (default: benchmarks/results/ood_selection.json, "
+                                                    "quick/ood_selection.json with --quick)")
     args = parser.parse_args(argv)
 
     import torch
@@ -76,7 +77,10 @@ def main(argv: list[str] | None = None) -> int:
         "summary": summarise(runs),
         "seconds": time.perf_counter() - started,
     }
-    return write_result(result, args.output, print_result)
+    result["summary"]["protocol"] = protocol(result["protocol"])
+    # quick runs go where benchmarks.report never looks (results/quick/, ignored by git)
+    output = args.output or (RESULTS / "quick" if args.quick else RESULTS) / "ood_selection.json"
+    return write_result(result, output, print_result, script="benchmarks.ood_selection")
 
 
 def make_data(seed: int) -> dict[str, dict[str, np.ndarray]]:
@@ -164,6 +168,20 @@ def run_seed(seed: int, candidates: list, epoch_scale: float) -> dict:
                               "candidate_mean": float(np.mean(list(mean_test.values())))}}
 
 
+def protocol(p: dict) -> dict:
+    """``summary.protocol`` from the result's ``protocol``: the model is selected on the training domains'
+    validation images (the criterion's variation also reads their training images); the test domains
+    score the picks only."""
+    from benchmarks._results import protocol as make
+
+    train, test = len(p["train_domains"]), len(p["test_domains"])
+    return make(split_sizes={"train": p["train_images_per_domain"] * train,
+                             "validation": p["validation_images_per_domain"] * train,
+                             "test": p["test_images_per_domain"] * test},
+                model_selection="validation", seeds=p["seeds"], domains={"train": train, "test": test},
+                oracle="the best candidate on the test domains: an upper bound reported beside the picks, never a pick")
+
+
 def summarise(runs: list[dict]) -> dict:
     keys = ("criterion", "val_acc", "oracle", "candidate_mean")
     diffs = [r["test_accuracy"]["criterion"] - r["test_accuracy"]["val_acc"] for r in runs]
@@ -186,13 +204,53 @@ def print_result(result: dict) -> None:
                   f"{row['informative_features']:7d} {score:>7} "
                   + " ".join(f"{row['test_accuracy'][d]:11.4f}" for d in TEST_DOMAINS)
                   + f" {row['test_accuracy_mean']:9.4f}  {picks}")
-    summary = result["summary"]
-    print(f"\nTest-domain accuracy of the pick, mean ± std over {len(result['runs'])} seed(s):")
-    for key, value in summary["test_accuracy_mean"].items():
-        print(f"  {key:>15}: {value:.4f} ± {summary['test_accuracy_std'][key]:.4f}")
+    print("\n" + markdown(result))
+
+
+PICKS = {"criterion": "variation criterion (`Acc − r·V`)", "val_acc": "best mean validation accuracy",
+         "oracle": "oracle (best candidate on the test domains)", "candidate_mean": "mean candidate"}
+
+
+def markdown(result: dict) -> str:
+    from benchmarks.report import source, table
+
+    m, summary, seeds = result["machine"], result["summary"], len(result["runs"])
+    load = m["load_avg_1min"]
+    head = (f"{source(result, 'ood_selection.json')}, {m['cores']} cores (load average {load['before']:.1f} before / "
+            f"{load['after']:.1f} after), {seeds} seed(s), {result['seconds'] / 60:.0f} min:")
+    rows = [[PICKS.get(key, key), f"{mean:.3f} ± {summary['test_accuracy_std'][key]:.3f}"]
+            for key, mean in summary["test_accuracy_mean"].items()]
+    picks = table(["pick", f"test-domain accuracy (mean ± std, {seeds} seeds)"], rows, "ll")
     diff = summary["criterion_minus_val_acc"]
-    print(f"  criterion − val-acc: {diff['mean']:+.4f} (wins {diff['wins']}, ties {diff['ties']}, "
-          f"losses {diff['losses']})")
+    versus = (f"The criterion against the best-validation pick: wins {diff['wins']}, ties {diff['ties']}, "
+              f"losses {diff['losses']} (mean difference {diff['mean']:+.3f}).")
+    return "\n\n".join([head, picks, versus, _candidates(result), _variation(result)])
+
+
+def _candidates(result: dict) -> str:
+    """Per candidate, means over the seeds: what the criterion weighs (accuracy, V) against what it gets."""
+    from benchmarks.report import table
+
+    names = [row["candidate"] for row in result["runs"][0]["candidates"]]
+    rows = []
+    for name in names:
+        per_seed = [row for run in result["runs"] for row in run["candidates"] if row["candidate"] == name]
+        rows.append([name, *(f"{np.mean([r[key] for r in per_seed]):.3f}"
+                             for key in ("accuracy", "variation", "test_accuracy_mean")),
+                     f"{sum(r['eligible'] for r in per_seed)} of {len(per_seed)}"])
+    return ("Per candidate, mean over the seeds (V: model variation; eligible: seeds in which its validation accuracy "
+            "was within the criterion's tolerance of the best):\n\n"
+            + table(["candidate", "validation accuracy", "V", "test-domain accuracy", "eligible"], rows))
+
+
+def _variation(result: dict) -> str:
+    kinds = {}
+    for run in result["runs"]:
+        for row in run["candidates"]:
+            if row["eligible"]:
+                kinds.setdefault(row["candidate"].split("-")[0], []).append(row["variation"])
+    return "V of the eligible candidates, all seeds: " + ", ".join(
+        f"{kind.upper()}s {min(v):.2f}-{max(v):.2f}" for kind, v in sorted(kinds.items())) + "."
 
 
 if __name__ == "__main__":

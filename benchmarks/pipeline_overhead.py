@@ -30,7 +30,6 @@ is created before the timed run, as it is for every run after a user's first.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -38,12 +37,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from importlib import metadata
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 QUICK_CONFIG = ROOT / "tests" / "configs" / "tiny.yaml"
 FLOOR_RUNS = 3
+LIBRARIES = ("torch", "mlflow", "kfp")  # whose import and start-up costs the overhead is made of
 FLOORS = {  # summary key -> code run by a fresh interpreter
     "floor_python_start_s": "pass",
     "floor_import_kfp_executor_s": "import kfp.dsl.executor_main",
@@ -69,19 +70,18 @@ def main(argv: list[str] | None = None) -> int:
                         help="runners to measure, comma-separated (default: %(default)s)")
     parser.add_argument("--output", type=Path, help="result JSON (default: benchmarks/results/"
                                                     "pipeline_overhead.json, "
-                                                    "pipeline_overhead_quick.json with --quick)")
+                                                    "quick/pipeline_overhead.json with --quick)")
     args = parser.parse_args(argv)
     config_path = QUICK_CONFIG if args.quick else Path(args.config)
-    output = args.output or RESULTS / ("pipeline_overhead_quick.json" if args.quick else "pipeline_overhead.json")
+    # quick runs go where benchmarks.report never looks (results/quick/, ignored by git)
+    output = args.output or (RESULTS / "quick" if args.quick else RESULTS) / "pipeline_overhead.json"
 
     with tempfile.TemporaryDirectory(prefix="distillery-bench-") as tmp:
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{Path(tmp) / 'mlflow.db'}"
         result = benchmark(config_path, args.rounds, args.runners.split(","), args.floor_runs)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(result, indent=2) + "\n")
-    print_result(result)
-    print(f"\nWrote {output}")
-    return 0
+    from benchmarks import _results
+
+    return _results.write_result(result, output, print_result, script="benchmarks.pipeline_overhead")
 
 
 def benchmark(config_path: Path, rounds: int | None, runners: list[str] = ("subprocess",),
@@ -101,7 +101,7 @@ def benchmark(config_path: Path, rounds: int | None, runners: list[str] = ("subp
             image = inspect_image(IMAGE)
         except ContainerError as exc:
             raise SystemExit(f"{exc} (or measure the subprocess runner alone: --runners subprocess)") from None
-    config = load_config(config_path)
+    config, ref = load_config(config_path), config_ref(config_path)
     if rounds is not None:
         if rounds < 0:
             raise SystemExit("--rounds must be >= 0")
@@ -133,10 +133,11 @@ def benchmark(config_path: Path, rounds: int | None, runners: list[str] = ("subp
                                                                 - summary["median_overhead_s"])
         container = {"image": image.reference, "image_id": image.id, "image_digest": image.digest,
                      "tasks": container_tasks, "summary": _rounded(container_summary)}
-    return {
+    result = {
         "benchmark": "pipeline_overhead",
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": {"cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
+                    **{name: metadata.version(name) for name in LIBRARIES},
                     # 1-minute load average before and after the run: other work on the machine skews timings
                     "load_avg_1min": {"before": load_before, "after": load_after}},
         "config": config["name"],
@@ -148,6 +149,29 @@ def benchmark(config_path: Path, rounds: int | None, runners: list[str] = ("subp
         # the same config with every task in the project image; None when not measured
         "container": container,
     }
+    result["summary"]["protocol"] = protocol(result, ref, config["seed"])
+    return result
+
+
+def config_ref(path: Path) -> dict:
+    """``{"config", "config_sha256"}`` of the pipeline config the benchmark ran."""
+    import hashlib
+
+    path = path.resolve()
+    return {"config": str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path),
+            "config_sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+
+
+def protocol(result: dict, config: dict, seed: int | None) -> dict:
+    """``summary.protocol`` of a timing, from the result: nothing chosen from results; the pipeline runs
+    once per runner (``seeds``: 1), each floor is the median of ``floor_runs`` fresh interpreters; the
+    config run (with its sha256) and its seed."""
+    from benchmarks import _results
+
+    return _results.protocol(split_sizes={"tasks": len(result["tasks"]), "rounds": result["rounds"]},
+                             model_selection="none", seeds=1, config=config,
+                             repeats="one pipeline run per runner; each floor the median of floor_runs interpreters",
+                             floor_runs=result["summary"].get("floor_runs", FLOOR_RUNS), pipeline_seed=seed)
 
 
 def _rounded(summary: dict) -> dict:
@@ -226,52 +250,97 @@ def _median_subprocess(code: str, cwd: Path, runs: int = FLOOR_RUNS) -> float:
 
 
 def print_result(result: dict) -> None:
-    tasks, s = result["tasks"], result["summary"]
-    width = max(len("task"), *(len(t["name"]) for t in tasks))
-    m = result["machine"]
+    print(markdown(result))
+
+
+FLOOR_LABELS = {key: f"`python -c {code}`" if code == "pass" else f"`{code}`" for key, code in FLOORS.items()}
+FLOOR_LABELS["floor_mlflow_store_connect_s"] = "`import mlflow` + connect to the SQLite store"
+
+
+def markdown(result: dict, view: str | None = None) -> str:
+    """The README's tables (``view`` ``"container"``: one sentence, the container runner against processes)."""
+    if view not in (None, "container"):
+        raise ValueError(f"unknown view {view!r}: none or 'container'")
+    if view == "container":
+        return _container_sentence(result)
+    from benchmarks.report import source
+
+    m, container = result["machine"], result.get("container")
     load = m.get("load_avg_1min", {})
-    print(f"\nPipeline overhead: config {result['config']!r} ({result['rounds']} rounds), {m['cores']} cores, "
-          f"Python {m['python']}, load average {load.get('before', float('nan')):.2f} before / "
-          f"{load.get('after', float('nan')):.2f} after\n")
-    print(f"{'task':<{width}}  {'wall s':>8}  {'work s':>8}  {'overhead s':>10}")
-    print(f"{'-' * width}  {'-' * 8}  {'-' * 8}  {'-' * 10}")
-    for t in tasks:
-        print(f"{t['name']:<{width}}  {t['wall_s']:>8.2f}  {t['work_s']:>8.2f}  {t['overhead_s']:>10.2f}")
-    print(f"{'total':<{width}}  {s['sum_task_wall_s']:>8.2f}  {s['sum_work_s']:>8.2f}  {s['sum_overhead_s']:>10.2f}")
+    head = (f"Config `{result['config']}` ({result['rounds']} active-learning rounds, {len(result['tasks'])} tasks), "
+            f"{m['cores']} CPU cores, Python {m['python']}"
+            + "".join(f", {name} {m[name]}" for name in LIBRARIES if name in m)
+            + f"; load average {load.get('before', float('nan')):.2f} "
+            f"before / {load.get('after', float('nan')):.2f} after"
+            + (f"; the image `{container['image']}`" if container else "; container runner not measured")
+            + f" ({source(result, 'pipeline_overhead.json')}):")
+    return "\n\n".join([head, _task_table(result), _summary_table(result), _by_kind(result)])
+
+
+def _task_table(result: dict) -> str:
+    from benchmarks.report import table
+
+    sides = [result["tasks"]] + ([result["container"]["tasks"]] if result.get("container") else [])
+    head = ["task", "subprocess: wall s", "work s", "overhead s"]
+    head += ["container: wall s", "work s", "overhead s"] if len(sides) == 2 else []
+    rows = [[t[0]["name"], *(f"{x[k]:.2f}" for x in t for k in ("wall_s", "work_s", "overhead_s"))]
+            for t in zip(*sides)]
+    summaries = [result["summary"]] + ([result["container"]["summary"]] if len(sides) == 2 else [])
+    rows.append(["**total**", *(f"**{s[k]:.2f}**" for s in summaries
+                                for k in ("sum_task_wall_s", "sum_work_s", "sum_overhead_s"))])
+    return table(head, rows)
+
+
+def _summary_table(result: dict) -> str:
+    from benchmarks.report import table
+
+    s, c = result["summary"], (result.get("container") or {}).get("summary")
+
+    def both(fmt):  # the subprocess cell and the container cell (empty without a container run)
+        return [fmt(s), fmt(c) if c else ""]
+
     rows = [
-        ("pipeline wall time", f"{s['pipeline_wall_s']:8.2f} s"),
-        ("  method work (sum = in-process, no orchestration)", f"{s['sum_work_s']:8.2f} s"),
-        ("  per-task overhead (sum)", f"{s['sum_overhead_s']:8.2f} s  ({100 * s['overhead_share']:.1f}% of wall)"),
-        ("  outside tasks (compile, kfp.local)", f"{s['between_tasks_s']:8.2f} s"),
-        ("per-task overhead median / max", f"{s['median_overhead_s']:8.2f} / {s['max_overhead_s']:.2f} s"),
-        ("orchestrated / in-process", f"{s['slowdown_vs_in_process']:8.2f}x"),
-        (f"floors (fresh interpreter, median of {s.get('floor_runs', FLOOR_RUNS)}):", ""),
-        ("  python -c pass", f"{s['floor_python_start_s']:8.2f} s"),
-        ("  import kfp.dsl.executor_main", f"{s['floor_import_kfp_executor_s']:8.2f} s"),
-        ("  import mlflow, torch", f"{s['floor_import_mlflow_torch_s']:8.2f} s"),
-        ("  import mlflow", f"{s['floor_import_mlflow_s']:8.2f} s"),
-        ("  import distillery.components.core.tracking, distillery.components.core.datasets",
-         f"{s['floor_import_task_modules_s']:8.2f} s"),
-        ("  import mlflow + connect to the SQLite store", f"{s['floor_mlflow_store_connect_s']:8.2f} s"),
+        ["pipeline wall time", f"{s['pipeline_wall_s']:.2f} s",
+         f"{c['pipeline_wall_s']:.2f} s ({c['wall_vs_subprocess']:.2f}x)" if c else ""],
+        ["method work, summed (in-process: no orchestration)", *both(lambda x: f"{x['sum_work_s']:.2f} s")],
+        ["per-task overhead, summed", *both(lambda x: f"{x['sum_overhead_s']:.2f} s "
+                                                      f"({100 * x['overhead_share']:.1f}% of wall)")],
+        ["outside any task (compile, kfp.local)", *both(lambda x: f"{x['between_tasks_s']:.2f} s")],
+        ["per-task overhead, median / max", f"{s['median_overhead_s']:.2f} / {s['max_overhead_s']:.2f} s",
+         f"{c['median_overhead_s']:.2f} / {c['max_overhead_s']:.2f} s "
+         f"({c['median_overhead_vs_subprocess_s']:+.2f} s median)" if c else ""],
+        ["orchestrated ÷ in-process", *both(lambda x: f"{x['slowdown_vs_in_process']:.2f}×")],
+        *[[f"floor: {label}", f"{s[key]:.2f} s", ""] for key, label in FLOOR_LABELS.items()],
     ]
-    container = result.get("container")
-    if container:
-        c = container["summary"]
-        rows += [
-            (f"every task in the image ({container['image']}):", ""),
-            ("  pipeline wall time", f"{c['pipeline_wall_s']:8.2f} s  ({c['wall_vs_subprocess']:.2f}x the subprocess "
-                                     "runner's)"),
-            ("  per-task overhead (sum)", f"{c['sum_overhead_s']:8.2f} s  ({100 * c['overhead_share']:.1f}% of wall)"),
-            ("  per-task overhead median / max", f"{c['median_overhead_s']:8.2f} / {c['max_overhead_s']:.2f} s  "
-                                                 f"({c['median_overhead_vs_subprocess_s']:+.2f} s median "
-                                                 "vs subprocess)"),
-        ]
-    else:
-        rows.append(("container runner", "not measured (--runners subprocess)"))
-    label = max(len(r[0]) for r in rows)
-    print()
-    for name, value in rows:
-        print(f"{name:<{label}}  {value}".rstrip())
+    return table(["summary", "subprocess", "container"], rows)
+
+
+def _by_kind(result: dict) -> str:
+    """The numbers behind the README's reading: overhead by kind of task, and what torch adds."""
+    import statistics
+
+    def torchless(task):  # split and the simulated labeller import no torch
+        return task["name"].startswith("split") or "-label-" in task["name"]
+
+    no_torch = [t["overhead_s"] for t in result["tasks"] if torchless(t)]
+    rest = [t["overhead_s"] for t in result["tasks"] if not torchless(t)]
+    s = result["summary"]
+    parts = [f"Per-task overhead, median: {statistics.median(no_torch):.2f} s for the tasks that import no torch "
+             f"(split, labelling), {statistics.median(rest):.2f} s for the others"] if no_torch and rest else []
+    parts.append(f"`import mlflow, torch` takes {s['floor_import_mlflow_torch_s'] - s['floor_import_mlflow_s']:.2f} s "
+                 f"more than `import mlflow`; the summed overhead is {s['sum_overhead_s'] / s['sum_work_s']:.2f}x "
+                 "the summed method work.")
+    return "; ".join(parts)
+
+
+def _container_sentence(result: dict) -> str:
+    s, c = result["summary"], result["container"]["summary"]
+    return (f"The `{result['config']}` pipeline takes {c['pipeline_wall_s']:.0f} s with every task in the image "
+            f"against {s['pipeline_wall_s']:.0f} s as processes ({c['wall_vs_subprocess']:.2f}x): a task costs "
+            f"{c['median_overhead_vs_subprocess_s']:.1f} s more in a container (median per-task overhead "
+            f"{c['median_overhead_s']:.1f} s against {s['median_overhead_s']:.1f} s; {result['machine']['cores']} "
+            f"cores, `benchmarks/results/pipeline_overhead.json`, {result['date'][:10]}).")
+
 
 if __name__ == "__main__":
     sys.exit(main())

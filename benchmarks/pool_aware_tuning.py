@@ -14,6 +14,7 @@ seeds. The candidate with the best mean validation accuracy over both label coun
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import time
@@ -78,10 +79,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="one epoch, one seed (machinery only)")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--output", type=Path, help="result JSON (default: benchmarks/results/pool_aware_tuning.json, "
+                                                    "quick/pool_aware_tuning.json with --quick)")
     parser.add_argument("--config", type=Path, default=CONFIG, help="where the chosen training is frozen")
     args = parser.parse_args(argv)
     seeds = 1 if args.quick else SEEDS
+    # quick runs go where benchmarks.report never looks (results/quick/, ignored by git)
+    output = args.output or (RESULTS.parent / "quick" / RESULTS.name if args.quick else RESULTS)
 
     def overrides(candidate: str) -> dict:  # --quick: a token budget, supervised or pool-aware
         return {} if not args.quick else QUICK_SUPERVISED if CANDIDATES[candidate] is None else QUICK
@@ -114,14 +118,54 @@ def main(argv: list[str] | None = None) -> int:
         "validation_accuracy": scores,
         "summary": {"mean_validation_accuracy": {c: round(v, 4) for c, v in mean.items()}, "chosen": chosen},
     }
+    ref = None
     if not args.quick:
+        raw = config_bytes(chosen, method, params)
         args.config.parent.mkdir(parents=True, exist_ok=True)
-        args.config.write_text(json.dumps({"chosen_by": "benchmarks/pool_aware_tuning.py on the validation split",
-                                           "candidate": chosen, "method": method, "params": params}, indent=2) + "\n")
+        args.config.write_bytes(raw)
         result["summary"]["config"] = str(args.config.relative_to(ROOT))
+        ref = {"config": result["summary"]["config"], "config_sha256": hashlib.sha256(raw).hexdigest()}
+    result["summary"]["protocol"] = protocol(result, ref)
     result["machine"] = _results.machine_info(load_before)
     result["wall_seconds"] = round(time.perf_counter() - started, 1)
-    return _results.write_result(result, args.output, lambda r: print(json.dumps(r["summary"], indent=2)))
+    return _results.write_result(result, output, print_result, script="benchmarks.pool_aware_tuning")
+
+
+def config_bytes(chosen: str, method: str, params: dict) -> bytes:
+    """The frozen config, as written to ``configs/pool_aware.json`` (its sha256 is the protocol's)."""
+    return (json.dumps({"chosen_by": "benchmarks/pool_aware_tuning.py on the validation split",
+                        "candidate": chosen, "method": method, "params": params}, indent=2) + "\n").encode()
+
+
+def protocol(result: dict, config: dict | None) -> dict:
+    """``summary.protocol`` from the result: the candidate is chosen on the validation split, the test
+    split is never read (size 0 here); ``config`` is the file the choice was frozen in (None with --quick)."""
+    p = result["protocol"]
+    return _results.protocol(
+        split_sizes={"train": p["tuning_pool_size"], "validation": p["validation_size"], "test": 0},
+        model_selection="validation", seeds=list(range(p["seeds"])), config=config,
+        **({"config_role": "written here: the choice frozen for benchmarks.al_label_efficiency's +pool cells"}
+           if config else {}))
+
+
+def print_result(result: dict) -> None:
+    print(markdown(result))
+
+
+def markdown(result: dict) -> str:
+    from benchmarks.report import pm, source, table
+
+    p, s = result["protocol"], result["summary"]
+    chosen = s["chosen"]
+    rows = [[f"**{c}**" if c == chosen else c, *(pm(per[str(n)], 4) for n in p["labels"]),
+             f"{s['mean_validation_accuracy'][c]:.4f}"] for c, per in result["validation_accuracy"].items()]
+    head = ["candidate", *(f"{n} labels" for n in p["labels"]), "mean"]
+    params = result["candidates"][chosen]["params"]
+    frozen = f"frozen in `{s['config']}`" if s.get("config") else "not frozen (--quick)"
+    return (f"Validation accuracy, mean ± std over {p['seeds']} seed(s), {p['validation_size']:,} validation items, "
+            f"{p['tuning_pool_size']:,}-item tuning pool ({source(result, 'pool_aware_tuning.json')}):\n\n"
+            f"{table(head, rows)}\n\nChosen: {chosen} ({params['epochs']} passes over the pool, mu = "
+            f"{params['mu']}), {frozen}.")
 
 
 if __name__ == "__main__":

@@ -54,6 +54,7 @@ from distillery.components.training.spsa.tracking import (
 )
 from distillery.components.training.spsa.workers import (
     ByteCounter,
+    CollectiveCounter,
     EnvRendezvous,
     Epoch,
     FileRendezvous,
@@ -67,7 +68,8 @@ from distillery.components.training.spsa.workers import (
 )
 
 __all__ = [
-    "EPS", "HASH_BYTES", "ByteCounter", "ByteQuantiser", "EnvRendezvous", "Epoch", "FileRendezvous", "FlatParams",
+    "EPS", "HASH_BYTES", "ByteCounter", "ByteQuantiser", "CollectiveCounter", "EnvRendezvous", "Epoch",
+    "FileRendezvous", "FlatParams",
     "InMemoryShards", "MetricsCallback", "MnistModel", "SPSAConfig", "SPSAJob", "SPSARun", "ShapeMismatchError",
     "Shard", "WeightMismatchError", "WorkerFailedError", "WorkerReport", "apply_updates", "check_agreement",
     "check_shapes", "cross_entropy", "launch", "log_summary", "mlflow_callback", "perturbation", "projected_gradient",

@@ -45,6 +45,9 @@ class SPSAJob:
         shard_fn: ``shard_fn(worker_id)`` -> the worker's :class:`Shard`.
         loss_fn: ``loss_fn(model, x, y)`` -> scalar loss.
         out_dir: where each worker saves its final state dict (``worker-<id>.pt``); None: not saved.
+        count_collectives: count, inside torch.distributed, the bytes each worker hands to its
+            collectives (:class:`~distillery.components.training.spsa.workers.CollectiveCounter`;
+            ``WorkerReport.collective_bytes``), e.g. for a benchmark.
     """
 
     model_fn: Callable[[int, bool], nn.Module]
@@ -52,6 +55,7 @@ class SPSAJob:
     config: SPSAConfig = field(default_factory=SPSAConfig)
     loss_fn: Callable[..., torch.Tensor] = cross_entropy
     out_dir: str | None = None
+    count_collectives: bool = False
 
 
 @dataclass

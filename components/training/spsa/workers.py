@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -97,6 +97,84 @@ class ByteCounter:
         return {"gradients": self.gradients, "verification": self.verification, "membership": self.membership}
 
 
+class CollectiveCounter:
+    """Bytes this process hands to torch.distributed's collectives, counted inside torch.distributed.
+
+    :meth:`installed` wraps ``all_gather``, ``all_gather_into_tensor``, ``all_reduce`` and ``broadcast``
+    in both ``torch.distributed`` and ``torch.distributed.distributed_c10d`` (so calls torch makes
+    itself count too, e.g. the size exchange and padded payload of ``all_gather_object``, or a DDP
+    comm hook's ``all_reduce``), and restores them on exit. Each call adds the bytes of the tensor this
+    process contributes (``broadcast``: the source's tensor; receivers send nothing) to the current
+    :meth:`purpose`. gloo's framing and relaying are not counted. Use it in a process of its own (a
+    worker): the wrappers are process-wide.
+    """
+
+    OPS = ("all_gather", "all_gather_into_tensor", "all_reduce", "broadcast")
+
+    def __init__(self) -> None:
+        self.bytes: dict[str, int] = {}
+        self.calls: dict[str, int] = {}
+        self._purpose = "untagged"
+
+    @contextmanager
+    def purpose(self, name: str) -> Iterator[None]:
+        """Attribute the collectives called inside to ``name``."""
+        previous, self._purpose = self._purpose, name
+        try:
+            yield
+        finally:
+            self._purpose = previous
+
+    @contextmanager
+    def installed(self) -> Iterator[CollectiveCounter]:
+        import torch.distributed as dist
+        from torch.distributed import distributed_c10d as c10d
+
+        saved = [(module, op, getattr(module, op)) for op in self.OPS for module in (dist, c10d)]
+        for op in self.OPS:
+            wrapper = self._wrap(op, getattr(c10d, op))
+            setattr(dist, op, wrapper)
+            setattr(c10d, op, wrapper)
+        try:
+            yield self
+        finally:
+            for module, op, original in saved:
+                setattr(module, op, original)
+
+    def _wrap(self, op: str, original: Callable) -> Callable:
+        import functools
+        import inspect
+
+        signature = inspect.signature(original)
+
+        @functools.wraps(original)
+        def counted(*args, **kwargs):
+            call = signature.bind(*args, **kwargs)
+            self._add(self._sent(op, call.arguments))
+            return original(*args, **kwargs)
+
+        return counted
+
+    @staticmethod
+    def _sent(op: str, arguments: dict) -> int:
+        import torch.distributed as dist
+
+        tensor = arguments["input_tensor" if op == "all_gather_into_tensor" else "tensor"]
+        if op == "broadcast":
+            group = arguments.get("group")
+            if arguments.get("src") is not None:
+                is_source = dist.get_rank() == arguments["src"]
+            else:
+                is_source = dist.get_rank(group) == arguments.get("group_src")
+            if not is_source:
+                return 0
+        return tensor.numel() * tensor.element_size()
+
+    def _add(self, n: int) -> None:
+        self.bytes[self._purpose] = self.bytes.get(self._purpose, 0) + n
+        self.calls[self._purpose] = self.calls.get(self._purpose, 0) + 1
+
+
 def check_agreement(hashes: dict[int, bytes], when: str) -> None:
     """Raise :class:`WeightMismatchError` naming every worker whose hash differs from the majority's
     (ties broken towards the lowest worker id); ``when`` says at which point, e.g. ``"after round 3"``."""
@@ -131,7 +209,10 @@ def check_shapes(signatures: dict[int, list], reference: int) -> None:
 @dataclass
 class WorkerReport:
     """What one worker did. ``shard_losses``: ``[(round, mean loss over its whole shard)]``;
-    ``hashes``: ``[(round, hex digest after the round)]``; ``rounds``: global rounds it ran."""
+    ``hashes``: ``[(round, hex digest after the round)]``; ``rounds``: global rounds it ran.
+    ``bytes``: what the worker itself accounts (:class:`ByteCounter`); ``collective_bytes`` /
+    ``collective_calls``: what a :class:`CollectiveCounter` counted inside torch.distributed, by the
+    same purposes (only when the job's ``count_collectives`` is set; empty otherwise)."""
 
     worker: int
     rounds: list[int] = field(default_factory=list)
@@ -139,6 +220,8 @@ class WorkerReport:
     shard_losses: list[tuple[int, float]] = field(default_factory=list)
     hashes: list[tuple[int, str]] = field(default_factory=list)
     bytes: dict[str, int] = field(default_factory=dict)
+    collective_bytes: dict[str, int] = field(default_factory=dict)
+    collective_calls: dict[str, int] = field(default_factory=dict)
     joined_at: int = 0
     parameters: int = 0
     state_path: str | None = None
@@ -202,6 +285,7 @@ class _Worker:
         self.has_weights = initial
         self.round = 0
         self.bytes = ByteCounter()
+        self.wire = CollectiveCounter()  # counts only while installed (job.count_collectives)
         self.out = WorkerReport(worker_id, parameters=self.flat.size)
         self.send = report
 
@@ -210,7 +294,8 @@ class _Worker:
         import torch.distributed as dist
 
         gathered = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
-        dist.all_gather(gathered, tensor)
+        with self.wire.purpose(purpose):
+            dist.all_gather(gathered, tensor)
         self._count(purpose, tensor.numel() * tensor.element_size())
         return gathered
 
@@ -220,7 +305,8 @@ class _Worker:
         import torch.distributed as dist
 
         gathered: list[Any] = [None] * dist.get_world_size()
-        dist.all_gather_object(gathered, obj)
+        with self.wire.purpose(purpose):
+            dist.all_gather_object(gathered, obj)
         self._count(purpose, len(pickle.dumps(obj)))
         return gathered
 
@@ -242,7 +328,8 @@ class _Worker:
         check_shapes({w: infos[w]["shapes"] for w in members}, reference=source)
         if len(holders) < len(members):
             for tensor in self.model.state_dict().values():  # views: writes land in the model
-                dist.broadcast(tensor, src=members.index(source))
+                with self.wire.purpose("membership"):
+                    dist.broadcast(tensor, src=members.index(source))
                 if self.id == source:
                     self._count("membership", tensor.numel() * tensor.element_size())
             if not self.has_weights:
@@ -298,6 +385,7 @@ class _Worker:
         if self.out.rounds and self.out.shard_losses[-1][0] != self.out.rounds[-1]:
             self.out.shard_losses.append((self.out.rounds[-1], self.evaluate()))
         self.out.bytes = self.bytes.as_dict()
+        self.out.collective_bytes, self.out.collective_calls = dict(self.wire.bytes), dict(self.wire.calls)
         if self.job.out_dir:
             self.out.state_path = str(Path(self.job.out_dir) / f"worker-{self.id}.pt")
             torch.save(self.model.state_dict(), self.out.state_path)
@@ -322,14 +410,15 @@ def run_worker(worker_id: int, plan: Sequence[Epoch], job: SPSAJob, rendezvous,
     plan = validate_plan(plan)
     initial = worker_id in (plan[0].workers if holders is None else holders)
     worker = _Worker(worker_id, job, initial=initial, report=report or (lambda *_: None))
-    for index, epoch in enumerate(plan):
-        members = sorted(epoch.workers)
-        if worker_id not in members:
-            if worker.has_weights:
-                break  # this worker has left
-            continue  # not joined yet
-        with _process_group(rendezvous, index, members.index(worker_id), len(members), job.config.timeout_s):
-            worker.join(members)
-            for _ in range(epoch.rounds):
-                worker.step(members)
+    with worker.wire.installed() if job.count_collectives else nullcontext():
+        for index, epoch in enumerate(plan):
+            members = sorted(epoch.workers)
+            if worker_id not in members:
+                if worker.has_weights:
+                    break  # this worker has left
+                continue  # not joined yet
+            with _process_group(rendezvous, index, members.index(worker_id), len(members), job.config.timeout_s):
+                worker.join(members)
+                for _ in range(epoch.rounds):
+                    worker.step(members)
     return worker.finish()
