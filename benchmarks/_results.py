@@ -15,7 +15,7 @@ import platform
 import subprocess
 import sys
 from collections.abc import Callable
-from datetime import UTC
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -67,11 +67,14 @@ def script_name() -> str:
 
 
 def provenance(script: str | None = None) -> dict:
-    """What every result JSON carries: the script, its command line, the commit and the date."""
-    from datetime import datetime
-
-    return {"script": script or script_name(), "argv": sys.argv[1:], **git_commit(),
+    """What every result JSON carries: the script, its command line, the commit and the date. The commit
+    and the changed files are those of when the benchmark started (:data:`STARTED_AT`): a commit made
+    while a long benchmark runs does not hold the code it ran."""
+    return {"script": script or script_name(), "argv": sys.argv[1:], **STARTED_AT,
             "date": datetime.now(UTC).isoformat(timespec="seconds")}
+
+
+STARTED_AT = git_commit()  # taken when a benchmark imports this module, at its start
 
 
 def config_file(name: str) -> tuple[dict, dict]:
