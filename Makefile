@@ -42,6 +42,7 @@ constraints: install
 
 test: data
 	$(VENV)/bin/ruff check .
+	$(PY) -m benchmarks.report --check
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 compile: install
@@ -64,7 +65,9 @@ benchmark: data image
 	$(PY) -m benchmarks.quality_filtering
 	$(PY) -m benchmarks.consensus_labels
 	$(PY) -m benchmarks.ood_selection
-	$(PY) -m benchmarks.distillation
+	$(PY) -m benchmarks.distillation_tuning   # chooses on a validation split; freezes benchmarks/configs/distillation.json
+	$(PY) -m benchmarks.distillation --jobs 2  # reads the test split once
+	$(PY) -m benchmarks.report                # the READMEs' tables from the new JSONs
 
 ui: install
 	$(CLI) ui

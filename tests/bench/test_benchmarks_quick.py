@@ -51,7 +51,7 @@ def _check_label_efficiency(result: dict, log: str) -> None:
 
 def _check_selection_speed(result: dict, log: str) -> None:
     summary = result["summary"]
-    assert set(summary) == {"pool_size", "seconds", "peak_mb", "floor_seconds", "peer_seconds"}
+    assert set(summary) == {"pool_size", "seconds", "peak_mb", "floor_seconds", "peer_seconds", "protocol"}
     assert summary["pool_size"] == 20_000
     # every registered strategy has a row (wrappers under "name(base)" labels), none failed
     labels = set(summary["seconds"])
