@@ -193,12 +193,18 @@ def peer_equivalence(teacher, student_spec: tuple[str, dict], meta: dict, data: 
             "weights_max_abs_after_1_epoch": float(weights[0].abs().max())}
 
 
-def measured(train, evaluate) -> dict:
-    """Run ``train`` with its compute counted; ``{"accuracy", "seconds", "steps", "flops"}``."""
+def trained(train) -> tuple:
+    """``(model, {"seconds", "steps", "flops"})``: run ``train`` with its compute counted."""
     started = time.perf_counter()
     with _compute.counting() as spent:
         model = train()
-    return {"accuracy": evaluate(model), "seconds": time.perf_counter() - started, **spent.as_dict()}
+    return model, {"seconds": time.perf_counter() - started, **spent.as_dict()}
+
+
+def measured(train, evaluate) -> dict:
+    """``{"accuracy", "seconds", "steps", "flops"}`` of the model ``train`` returns."""
+    model, spent = trained(train)
+    return {"accuracy": evaluate(model), **spent}
 
 
 def setting_rows(setting: str, data: dict, teacher, students: list[str], methods: dict[str, tuple[str, dict]],
@@ -241,19 +247,17 @@ def seed_run(seed: int, split: str, budget: int, students: list[str], methods: d
     scarce_epochs = label_only_epochs(budget, scarce)
     peer = peer_available()[0]
     out = {}
-    teacher_row = measured(lambda: train_classifier(full["x"], full["y"], meta, *TEACHER, budget, LR, BATCH_SIZE,
-                                                    seed), lambda model: model)
-    teacher, out["teacher"] = teacher_row.pop("accuracy"), teacher_row
-    out["teacher"]["accuracy"] = accuracy(teacher, x_eval, y_eval)
+    teacher, spent = trained(lambda: train_classifier(full["x"], full["y"], meta, *TEACHER, budget, LR, BATCH_SIZE,
+                                                      seed))
+    out["teacher"] = {"accuracy": accuracy(teacher, x_eval, y_eval), **spent}
     log(f"[{split}, seed {seed}] teacher {out['teacher']['accuracy']:.3f} ({out['teacher']['seconds']:.0f} s)")
     out["full"] = setting_rows("full", full, teacher, students, methods, meta, x_eval, y_eval, budget=budget,
                                label_only=budget, teacher_epochs=budget, seed=seed, peer=peer)
     if peer and equivalence:
         out["peer_equivalence"] = peer_equivalence(teacher, STUDENTS[students[0]], meta, full, seed)
-    scarce_row = measured(lambda: train_classifier(scarce["x"], scarce["y"], meta, *TEACHER, scarce_epochs, LR,
-                                                   BATCH_SIZE, seed), lambda model: model)
-    scarce_teacher, out["scarce_teacher"] = scarce_row.pop("accuracy"), scarce_row
-    out["scarce_teacher"]["accuracy"] = accuracy(scarce_teacher, x_eval, y_eval)
+    scarce_teacher, spent = trained(lambda: train_classifier(scarce["x"], scarce["y"], meta, *TEACHER, scarce_epochs,
+                                                             LR, BATCH_SIZE, seed))
+    out["scarce_teacher"] = {"accuracy": accuracy(scarce_teacher, x_eval, y_eval), **spent}
     log(f"[{split}, seed {seed}] scarce teacher {out['scarce_teacher']['accuracy']:.3f}")
     out["scarce"] = setting_rows("scarce", scarce, scarce_teacher, students, methods, meta, x_eval, y_eval,
                                  budget=budget, label_only=scarce_epochs, teacher_epochs=scarce_epochs, seed=seed,
