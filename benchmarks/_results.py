@@ -77,12 +77,21 @@ def provenance(script: str | None = None) -> dict:
 STARTED_AT = git_commit()  # taken when a benchmark imports this module, at its start
 
 
+def config_ref(path: Path, raw: bytes | None = None) -> dict:
+    """``{"config", "config_sha256"}`` for ``summary.protocol``: the config's path (relative to the
+    repository when inside it) and the sha256 of its bytes (``raw``, when the caller has read them)."""
+    path = Path(path).resolve()
+    raw = path.read_bytes() if raw is None else raw
+    return {"config": str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path),
+            "config_sha256": hashlib.sha256(raw).hexdigest()}
+
+
 def config_file(name: str) -> tuple[dict, dict]:
     """A committed benchmark config (``benchmarks/configs/<name>``): its content and its reference for
-    ``summary.protocol`` (path and sha256 of the bytes read)."""
+    ``summary.protocol`` (:func:`config_ref` of the bytes read)."""
     path = CONFIGS / name
     raw = path.read_bytes()
-    return json.loads(raw), {"config": str(path.relative_to(ROOT)), "config_sha256": hashlib.sha256(raw).hexdigest()}
+    return json.loads(raw), config_ref(path, raw)
 
 
 def protocol(*, split_sizes: dict, model_selection: str, seeds, config: dict | None = None, **extra) -> dict:

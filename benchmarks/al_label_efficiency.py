@@ -40,7 +40,6 @@ mark, stays that of supervised training on all 4,000 labels. Such a run writes
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import sys
@@ -285,11 +284,11 @@ def pool_aware_training(quick: bool) -> dict:
     if not POOL_AWARE_CONFIG.exists():
         raise SystemExit(f"{POOL_AWARE_CONFIG.relative_to(ROOT)} is missing: run `python -m "
                          "benchmarks.pool_aware_tuning` (it chooses the training on a validation split)")
-    raw = POOL_AWARE_CONFIG.read_bytes()
-    config = json.loads(raw)
+    from benchmarks import _results
+
+    config, ref = _results.config_file(POOL_AWARE_CONFIG.name)
     params = {**config["params"], **(POOL_AWARE_QUICK if quick else {})}
-    return {"method": config["method"], "params": params, "candidate": config["candidate"],
-            "config": str(POOL_AWARE_CONFIG.relative_to(ROOT)), "config_sha256": hashlib.sha256(raw).hexdigest()}
+    return {"method": config["method"], "params": params, "candidate": config["candidate"], **ref}
 
 
 def summarise_pool_aware(result: dict, pool_aware: dict) -> dict:

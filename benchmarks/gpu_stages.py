@@ -116,17 +116,10 @@ def benchmark(pool_size: int, epochs: int | None = None) -> dict:
         "speedup_vs_cpu": speedups,
         "note": None if speedups else "no CUDA device on this machine: the CPU column only",
     }
-    result["summary"] = {"protocol": protocol(result, config_ref(DEFAULT_CONFIG), config["seed"])}
+    from benchmarks import _results
+
+    result["summary"] = {"protocol": protocol(result, _results.config_ref(DEFAULT_CONFIG), config["seed"])}
     return result
-
-
-def config_ref(path: Path) -> dict:
-    """``{"config", "config_sha256"}`` of the pipeline config the stages take their parameters from."""
-    import hashlib
-
-    path = path.resolve()
-    return {"config": str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path),
-            "config_sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
 
 
 def protocol(result: dict, config: dict, seed: int | None) -> dict:

@@ -86,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def benchmark(config_path: Path, rounds: int | None, runners: list[str] = ("subprocess",),
               floor_runs: int = FLOOR_RUNS) -> dict:
+    from benchmarks import _results
     from distillery.pipelines.cli import RUNNERS
     from distillery.pipelines.config import load_config
     from distillery.pipelines.runtime import project_root, run_context
@@ -101,7 +102,7 @@ def benchmark(config_path: Path, rounds: int | None, runners: list[str] = ("subp
             image = inspect_image(IMAGE)
         except ContainerError as exc:
             raise SystemExit(f"{exc} (or measure the subprocess runner alone: --runners subprocess)") from None
-    config, ref = load_config(config_path), config_ref(config_path)
+    config, ref = load_config(config_path), _results.config_ref(config_path)
     if rounds is not None:
         if rounds < 0:
             raise SystemExit("--rounds must be >= 0")
@@ -151,15 +152,6 @@ def benchmark(config_path: Path, rounds: int | None, runners: list[str] = ("subp
     }
     result["summary"]["protocol"] = protocol(result, ref, config["seed"])
     return result
-
-
-def config_ref(path: Path) -> dict:
-    """``{"config", "config_sha256"}`` of the pipeline config the benchmark ran."""
-    import hashlib
-
-    path = path.resolve()
-    return {"config": str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path),
-            "config_sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
 
 
 def protocol(result: dict, config: dict, seed: int | None) -> dict:

@@ -14,7 +14,6 @@ seeds. The candidate with the best mean validation accuracy over both label coun
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import time
@@ -124,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         args.config.parent.mkdir(parents=True, exist_ok=True)
         args.config.write_bytes(raw)
         result["summary"]["config"] = str(args.config.relative_to(ROOT))
-        ref = {"config": result["summary"]["config"], "config_sha256": hashlib.sha256(raw).hexdigest()}
+        ref = _results.config_ref(args.config, raw)
     result["summary"]["protocol"] = protocol(result, ref)
     result["machine"] = _results.machine_info(load_before)
     result["wall_seconds"] = round(time.perf_counter() - started, 1)
