@@ -230,13 +230,9 @@ def _fmt(value, fmt: str, missing: str = "-") -> str:
     return missing if value is None else format(value, fmt)
 
 
-def _pm(stat: dict | None, fmt: str) -> str:
-    return "-" if stat is None else f"{format(stat['mean'], fmt)} ± {format(stat['std'], fmt)}"
-
-
 def markdown(result: dict) -> str:
     """The README section's tables and numbers, from the result JSON alone."""
-    from benchmarks.report import source
+    from benchmarks.report import pm_stats, source
 
     s, setup, m = result["summary"], result["setup"], result["machine"]
     n, t = s["repeats"], s["target"]
@@ -256,8 +252,8 @@ def markdown(result: dict) -> str:
         lines.append(f"| {r['seed']} | {r['target_val_loss']:.4f} | {r['sync_seconds_to_target']:.1f} | "
                      f"{_fmt(r['async_seconds_to_target'], '.1f', 'not reached')} | "
                      f"{_fmt(a['iterations_to_target'], 'd')} | {_fmt(r['ratio'], '.3f')} |")
-    lines.append(f"| **mean ± std** | | {_pm(s['sync_seconds_to_target_stats'], '.1f')} | "
-                 f"{_pm(s['async_seconds_to_target_stats'], '.1f')} | | **{_pm(s['ratio_stats'], '.3f')}** |")
+    lines.append(f"| **mean ± std** | | {pm_stats(s['sync_seconds_to_target_stats'], '.1f')} | "
+                 f"{pm_stats(s['async_seconds_to_target_stats'], '.1f')} | | **{pm_stats(s['ratio_stats'], '.3f')}** |")
     verdict = "met" if t["met_on_mean"] else "not met"
     lines += [
         "",
@@ -273,10 +269,10 @@ def markdown(result: dict) -> str:
                        ("hyperclean_async", "hyper-cleaned weights (async run)"),
                        ("hyperclean_sync", "hyper-cleaned weights (sync run)"),
                        ("clean_labels_oracle", "clean labels only (oracle)")]:
-        lines.append(f"| {label} | {_pm(s['test_accuracy'][key], '.3f')} |")
+        lines.append(f"| {label} | {pm_stats(s['test_accuracy'][key], '.3f')} |")
     w = s["weights"]
-    lines += ["", f"Mean learned weight (async run): {_pm(w['mean_clean'], '.3f')} on clean samples, "
-                  f"{_pm(w['mean_flipped'], '.3f')} on flipped ones."]
+    lines += ["", f"Mean learned weight (async run): {pm_stats(w['mean_clean'], '.3f')} on clean samples, "
+                  f"{pm_stats(w['mean_flipped'], '.3f')} on flipped ones."]
     return "\n".join(lines) + "\n"
 
 

@@ -164,13 +164,9 @@ def run(items: int, seed: int) -> dict:
             "reliability": reliability, "agreement_order_matches_truth": by_truth == by_agreement}
 
 
-def _pm(stat: dict, digits: int = 3) -> str:
-    return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
-
-
 def markdown(result: dict) -> str:
     """The README section's tables and numbers, from the result JSON alone."""
-    from benchmarks.report import source
+    from benchmarks.report import pm_stats, source
 
     s, runs = result["summary"], result["runs"]
     acc, n = s["accuracy"], s["runs"]
@@ -187,7 +183,7 @@ def markdown(result: dict) -> str:
                                 ("majority vote, random ties", "majority_vote", "majority_vote_accuracy"),
                                 ("majority vote, ties to class 0", "majority_vote_ties_to_class_0",
                                  "majority_vote_ties_to_0_accuracy")]:
-        lines.append(f"| {label} | {_pm(acc[key], 4)} | {', '.join(f'{r[run_key]:.4f}' for r in runs)} |")
+        lines.append(f"| {label} | {pm_stats(acc[key], '.4f')} | {', '.join(f'{r[run_key]:.4f}' for r in runs)} |")
     wins, tied = s["consensus_better_in_runs"], s["tied_items_share"]
     gains = [r["consensus_accuracy"] - r["majority_vote_accuracy"] for r in runs]
     lines += [
@@ -196,7 +192,7 @@ def markdown(result: dict) -> str:
         f"{s['majority_vote_better_in_runs']}); gain per seed {', '.join(f'{g:+.4f}' for g in gains)}. "
         f"{100 * tied['mean']:.1f} ± {100 * tied['std']:.1f}% of items have a tied vote. ADMM on "
         f"{s['label_profiles']['mean']:.0f} distinct label profiles (of {result['setup']['items']:,} items): "
-        f"{_pm(s['admm_seconds'], 2)} s.",
+        f"{pm_stats(s['admm_seconds'], '.2f')} s.",
         "",
         "| annotator | true accuracy | agreement with consensus | l1 residual |",
         "|---|---|---|---|",

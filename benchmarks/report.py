@@ -67,6 +67,12 @@ def pm(pair, digits: int = 3) -> str:
     return f"{pair[0]:.{digits}f} ± {pair[1]:.{digits}f}"
 
 
+def pm_stats(stat: dict | None, fmt: str = ".3f") -> str:
+    """``mean ± std`` of a :func:`benchmarks._results.mean_std` dict, each formatted with ``fmt``; ``-``
+    where there is none."""
+    return "-" if stat is None else f"{format(stat['mean'], fmt)} ± {format(stat['std'], fmt)}"
+
+
 def source(result: dict, name: str) -> str:
     """``results/NAME.json``, its date: the reference a block gives for its numbers."""
     date = (result.get("date") or result.get("provenance", {}).get("date") or "")[:10]

@@ -262,13 +262,9 @@ def measure(arch: str, rounds: int, lr: float, samples_per_worker: int, runs: in
     }
 
 
-def _pm(stat: dict, fmt: str) -> str:
-    return f"{format(stat['mean'], fmt)} ± {format(stat['std'], fmt)}"
-
-
 def markdown(result: dict) -> str:
     """The README section's table and numbers, from the result JSON alone."""
-    from benchmarks.report import source
+    from benchmarks.report import pm_stats, source
 
     s, rows, m = result["summary"], result["models"], result["machine"]
     n = rows[0]["runs"]
@@ -285,10 +281,11 @@ def markdown(result: dict) -> str:
     ]
     for r in rows:
         lines.append(
-            f"| {r['model']} | {r['model_parameters']:,} | {_pm(r['bytes_per_step_spsa'], ',.0f')} "
-            f"| {_pm(r['bytes_per_step_spsa_with_hash'], ',.1f')} | {_pm(r['bytes_per_step_full_gradient'], ',.0f')} "
-            f"| {_pm(r['ratio'], ',.0f')}x | {_pm(r['ratio_with_hash'], ',.0f')}x "
-            f"| {r['held_out_accuracy_base']:.3f} → {_pm(r['held_out_accuracy_finetuned'], '.3f')} |")
+            f"| {r['model']} | {r['model_parameters']:,} | {pm_stats(r['bytes_per_step_spsa'], ',.0f')} "
+            f"| {pm_stats(r['bytes_per_step_spsa_with_hash'], ',.1f')} "
+            f"| {pm_stats(r['bytes_per_step_full_gradient'], ',.0f')} "
+            f"| {pm_stats(r['ratio'], ',.0f')}x | {pm_stats(r['ratio_with_hash'], ',.0f')}x "
+            f"| {r['held_out_accuracy_base']:.3f} → {pm_stats(r['held_out_accuracy_finetuned'], '.3f')} |")
     checks = [
         "SPSA's counted gradient bytes equal one byte per projected gradient in every run"
         if s["spsa_bytes_equal_projected_gradients"] else
