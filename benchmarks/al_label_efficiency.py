@@ -29,7 +29,10 @@ hash the result records) on the schedule 20..200 by 20, then 300 and 400; full-d
 mark, stays that of supervised training on all 4,000 labels. Such a run writes
 ``al_label_efficiency_pool_aware.json`` and a PNG of accuracy against labels, the peer on it.
 
-(strategy, seed) jobs run in worker processes (``--workers``, default 2), one torch thread each.
+(strategy, seed) jobs run in worker processes (``--workers``, default 2), one torch thread each, with
+torch's and MKL's CPU kernels pinned to their AVX2 paths (``benchmarks._results.PINNED_CPU_KERNELS``):
+a last-digit difference between CPUs' kernels flips a query's pick, so unpinned the curves differ from
+machine to machine by about their seed spread. The result records the pin and the kernels the workers ran.
 
     python -m benchmarks.al_label_efficiency                 # everything (tens of minutes on 2 cores)
     python -m benchmarks.al_label_efficiency --quick         # tiny schedule and training, 1 seed (seconds)
@@ -138,7 +141,8 @@ def run_job(job: dict) -> dict:
         if job["setting"] == "full":
             model = train_model(x[data["pool"]], y[data["pool"]], meta, MODEL, job["train"], job["seed"])
             accuracy, recall = evaluate(model, x[test], y[test], len(meta["classes"]))
-            return {**job, "accuracy": accuracy, "seconds": time.perf_counter() - started}
+            return {**job, "accuracy": accuracy, "seconds": time.perf_counter() - started,
+                    "cpu_capability": _cpu_capability()}
         pool = data["pool"] if job["setting"] == "balanced" else data["imbalanced"]
         label = job["label"].removesuffix(POOL_AWARE)
         if label.startswith(PEER_PREFIX):
@@ -151,15 +155,23 @@ def run_job(job: dict) -> dict:
         curve = run_active_learning(strategy, params, x[pool], y[pool], x[test], y[test], meta, job["schedule"],
                                     job["seed"], MODEL, job["train"], initial=job["initial"],
                                     training=pool_aware.get("method"), training_params=pool_aware.get("params"))
-        return {**job, "curve": [r._asdict() for r in curve], "seconds": time.perf_counter() - started}
+        return {**job, "curve": [r._asdict() for r in curve], "seconds": time.perf_counter() - started,
+                "cpu_capability": _cpu_capability()}
     except Exception as exc:  # one failing strategy must not sink the whole benchmark
         return {**job, "error": f"{type(exc).__name__}: {exc}", "seconds": time.perf_counter() - started}
+
+
+def _cpu_capability() -> str:
+    """The vectorised kernels torch runs in this process (``"AVX2"`` where pinned)."""
+    import torch
+
+    return torch.backends.cpu.get_cpu_capability()
 
 
 # --- the benchmark ----------------------------------------------------------------------------------
 
 def main(argv: list[str] | None = None) -> int:
-    from benchmarks import _peers
+    from benchmarks import _peers, _results
 
     configs = strategy_configs()
     peer_labels = [PEER_PREFIX + s for s in PEER_STRATEGIES]
@@ -220,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{schedule[0]}..{schedule[-1]} ({len(schedule)} rounds), {seeds} seed(s), {len(labels)} strategies"
           f"{f' + {len(imbalanced_labels)} on the imbalanced pool' if imbalanced_labels else ''}; "
           f"{len(jobs)} jobs on {args.workers} workers", flush=True)
+    pinned = _results.pin_cpu_kernels()  # before the workers start: they inherit it
     load_before = os.getloadavg()[0]
     started = time.perf_counter()
     results = []
@@ -243,13 +256,13 @@ def main(argv: list[str] | None = None) -> int:
 
     result = summarise(results, labels, imbalanced_labels, schedule, seeds, data)
     result["protocol"]["quick"] = args.quick
+    result["protocol"]["cpu_kernels"] = {"pinned": pinned, "workers_ran": sorted(
+        {r["cpu_capability"] for r in results if "cpu_capability" in r})}
     if pool_aware:
         result["pool_aware"] = summarise_pool_aware(result, pool_aware)
     if train:
         result["protocol"]["training_overrides"] = train
     result["summary"]["protocol"] = protocol(result)
-    from benchmarks import _results
-
     result["machine"] = _results.machine_info(load_before)
     result["wall_seconds"] = round(wall, 1)
     name = "al_label_efficiency" + ("_pool_aware" if pool_aware else "")
@@ -276,7 +289,7 @@ def protocol(result: dict) -> dict:
         split_sizes=sizes, model_selection="none", seeds=list(range(p["seeds"])),
         config={k: training[k] for k in ("config", "config_sha256")} if training else None,
         choices="none from results: a fixed schedule, model and training; best_strategy is reported, not used",
-        **extra)
+        cpu_kernels=p.get("cpu_kernels"), **extra)
 
 
 def pool_aware_training(quick: bool) -> dict:
@@ -504,7 +517,16 @@ def _head(result: dict) -> str:
             f"Python {m['python']}, torch {m['torch']}, scikit-learn {m['scikit-learn']}, {p['peer']}; "
             f"{p['seeds']} seed(s), wall {result['wall_seconds'] / 60:.0f} min "
             f"({source(result, 'al_label_efficiency.json')}). Full-data accuracy {s['full_data_accuracy']:.3f}, "
-            f"target {result['target_accuracy']:.3f}.")
+            f"target {result['target_accuracy']:.3f}.{_kernels(result)}")
+
+
+def _kernels(result: dict) -> str:
+    """The CPU kernels the workers ran, where the result records them."""
+    kernels = result["protocol"].get("cpu_kernels")
+    if not kernels:
+        return ""
+    pinned = "pinned" if kernels["pinned"] else "not pinned"
+    return f" CPU kernels {pinned}: torch ran {', '.join(kernels['workers_ran'])} ({result['machine']['cpu']})."
 
 
 def _strategy_table(result: dict) -> str:
@@ -582,7 +604,7 @@ def _pool_aware_head(result: dict) -> str:
             f"`results/al_label_efficiency_pool_aware.png`), {m['cores']} cores, {result['protocol']['seeds']} seeds, "
             f"{result['wall_seconds']:,.0f} s: full-data accuracy {result['summary']['full_data_accuracy']:.4f}, so "
             f"the 95% mark is {result['target_accuracy']:.4f}. The `+pool` cells train with "
-            f"{pa['training']['candidate']} (`{pa['training']['config']}`).")
+            f"{pa['training']['candidate']} (`{pa['training']['config']}`).{_kernels(result)}")
 
 
 def _pool_aware_table(result: dict) -> str:
