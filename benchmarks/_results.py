@@ -25,14 +25,15 @@ from benchmarks import _peers
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "benchmarks" / "configs"
 
-# torch (ATen) and MKL choose their vectorised kernels per CPU: ATen by instruction set (AVX2 or AVX-512),
-# MKL by vendor and instruction set, and the float results differ in the last digits. In an
-# active-learning loop such a difference flips one query's pick and the runs part: the same seeds and
-# code gave supervised margin 362 labels to 95% on one machine and 393 on another, and
-# ATEN_CPU_CAPABILITY=avx2 on the second reproduced the first's curve digit for digit. A benchmark whose
-# figures have targets pins both to their AVX2 paths, which every x86-64 server CPU of the last decade
+# torch (ATen), MKL and numpy's OpenBLAS choose their vectorised kernels per CPU (ATen by instruction set,
+# AVX2 or AVX-512; MKL and OpenBLAS by vendor and model), and the float results differ in the last
+# digits. In an active-learning loop such a difference flips one query's pick and the runs part: the
+# same seeds and code gave supervised margin 362 labels to 95% on one machine and 393 on another, and
+# ATEN_CPU_CAPABILITY=avx2 on the second reproduced the first's curve digit for digit (core-set, which
+# computes its distances in numpy, also needed OPENBLAS_CORETYPE=Haswell). A benchmark whose figures
+# have targets pins all three to their AVX2 paths, which every x86-64 server CPU of the last decade
 # runs; worker processes inherit the pin. Elsewhere (arm64) there is nothing to pin.
-PINNED_CPU_KERNELS = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2"}
+PINNED_CPU_KERNELS = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "OPENBLAS_CORETYPE": "Haswell"}
 
 
 def machine_info(load_before: float) -> dict:
@@ -49,7 +50,7 @@ def machine_info(load_before: float) -> dict:
 
 
 def pin_cpu_kernels() -> dict:
-    """Pin torch's and MKL's CPU kernels (:data:`PINNED_CPU_KERNELS`) for the processes this one starts
+    """Pin torch's, MKL's and OpenBLAS's CPU kernels (:data:`PINNED_CPU_KERNELS`) for the processes this one starts
     from now on, and for this one if it has not imported torch yet; returns what was set."""
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return {}

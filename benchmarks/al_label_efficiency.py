@@ -30,7 +30,7 @@ mark, stays that of supervised training on all 4,000 labels. Such a run writes
 ``al_label_efficiency_pool_aware.json`` and a PNG of accuracy against labels, the peer on it.
 
 (strategy, seed) jobs run in worker processes (``--workers``, default 2), one torch thread each, with
-torch's and MKL's CPU kernels pinned to their AVX2 paths (``benchmarks._results.PINNED_CPU_KERNELS``):
+torch's, MKL's and OpenBLAS's CPU kernels pinned to their AVX2 paths (``_results.PINNED_CPU_KERNELS``):
 a last-digit difference between CPUs' kernels flips a query's pick, so unpinned the curves differ from
 machine to machine by about their seed spread. The result records the pin and the kernels the workers ran.
 
