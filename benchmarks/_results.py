@@ -52,21 +52,29 @@ def machine_info(load_before: float) -> dict:
 def pin_cpu_kernels() -> dict:
     """Pin torch's, MKL's and OpenBLAS's CPU kernels (:data:`PINNED_CPU_KERNELS`) for the processes this one starts
     from now on, and for this one if it has not imported torch yet; returns what was set."""
-    if platform.machine().lower() not in ("x86_64", "amd64"):
+    if "avx2" not in cpu_flags():  # arm64, or an x86 CPU the pinned kernels would not run on
         return {}
     os.environ.update(PINNED_CPU_KERNELS)
     return dict(PINNED_CPU_KERNELS)
 
 
 def cpu_name() -> str:
-    """The CPU's model name (/proc/cpuinfo), which decides the kernels that are not pinned."""
+    """The CPU's model name, which decides the kernels that are not pinned."""
+    return _cpuinfo("model name") or platform.processor() or platform.machine()
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's instruction-set flags (x86 Linux; empty elsewhere)."""
+    return set(_cpuinfo("flags").split())
+
+
+def _cpuinfo(field: str) -> str:
+    """The first ``field`` of /proc/cpuinfo, or "" where there is none."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
     except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        return ""
+    return next((line.split(":", 1)[1].strip() for line in lines if line.split(":")[0].strip() == field), "")
 
 
 def gpu_name() -> str | None:
