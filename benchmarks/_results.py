@@ -58,6 +58,27 @@ def pin_cpu_kernels() -> dict:
     return dict(PINNED_CPU_KERNELS)
 
 
+def cpu_capability() -> str:
+    """The vectorised kernels torch runs in this process (``"AVX2"`` where pinned); a worker returns it."""
+    import torch
+
+    return torch.backends.cpu.get_cpu_capability()
+
+
+def cpu_kernels(pinned: dict, results: list[dict]) -> dict:
+    """For ``protocol.cpu_kernels``: the pin, and the kernels the workers' ``results`` say they ran."""
+    return {"pinned": pinned, "workers_ran": sorted({r["cpu_capability"] for r in results if "cpu_capability" in r})}
+
+
+def cpu_kernels_text(result: dict) -> str:
+    """A sentence for a README block: the CPU kernels the workers ran, where the result records them."""
+    kernels = result["protocol"].get("cpu_kernels")
+    if not kernels:
+        return ""
+    pinned = "pinned" if kernels["pinned"] else "not pinned"
+    return f" CPU kernels {pinned}: torch ran {', '.join(kernels['workers_ran'])} ({result['machine']['cpu']})."
+
+
 def cpu_name() -> str:
     """The CPU's model name, which decides the kernels that are not pinned."""
     return _cpuinfo("model name") or platform.processor() or platform.machine()

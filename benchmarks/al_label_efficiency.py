@@ -53,6 +53,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks import _results
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 DATA = ROOT / "data" / "mnist"
@@ -77,8 +79,6 @@ POOL_AWARE_REPORT_AT = (100, 200, 400)
 
 def strategy_configs() -> dict[str, tuple[str, dict]]:
     """label -> (registered name, params): every registered strategy; AnchorAL over BADGE and entropy."""
-    from benchmarks import _results
-
     return _results.strategy_configs([("anchoral(badge)", {**ANCHORAL, "base": "badge"}),
                                       ("anchoral(entropy)", {**ANCHORAL, "base": "entropy"})])
 
@@ -142,7 +142,7 @@ def run_job(job: dict) -> dict:
             model = train_model(x[data["pool"]], y[data["pool"]], meta, MODEL, job["train"], job["seed"])
             accuracy, recall = evaluate(model, x[test], y[test], len(meta["classes"]))
             return {**job, "accuracy": accuracy, "seconds": time.perf_counter() - started,
-                    "cpu_capability": _cpu_capability()}
+                    "cpu_capability": _results.cpu_capability()}
         pool = data["pool"] if job["setting"] == "balanced" else data["imbalanced"]
         label = job["label"].removesuffix(POOL_AWARE)
         if label.startswith(PEER_PREFIX):
@@ -156,22 +156,15 @@ def run_job(job: dict) -> dict:
                                     job["seed"], MODEL, job["train"], initial=job["initial"],
                                     training=pool_aware.get("method"), training_params=pool_aware.get("params"))
         return {**job, "curve": [r._asdict() for r in curve], "seconds": time.perf_counter() - started,
-                "cpu_capability": _cpu_capability()}
+                "cpu_capability": _results.cpu_capability()}
     except Exception as exc:  # one failing strategy must not sink the whole benchmark
         return {**job, "error": f"{type(exc).__name__}: {exc}", "seconds": time.perf_counter() - started}
-
-
-def _cpu_capability() -> str:
-    """The vectorised kernels torch runs in this process (``"AVX2"`` where pinned)."""
-    import torch
-
-    return torch.backends.cpu.get_cpu_capability()
 
 
 # --- the benchmark ----------------------------------------------------------------------------------
 
 def main(argv: list[str] | None = None) -> int:
-    from benchmarks import _peers, _results
+    from benchmarks import _peers
 
     configs = strategy_configs()
     peer_labels = [PEER_PREFIX + s for s in PEER_STRATEGIES]
@@ -256,8 +249,7 @@ def main(argv: list[str] | None = None) -> int:
 
     result = summarise(results, labels, imbalanced_labels, schedule, seeds, data)
     result["protocol"]["quick"] = args.quick
-    result["protocol"]["cpu_kernels"] = {"pinned": pinned, "workers_ran": sorted(
-        {r["cpu_capability"] for r in results if "cpu_capability" in r})}
+    result["protocol"]["cpu_kernels"] = _results.cpu_kernels(pinned, results)
     if pool_aware:
         result["pool_aware"] = summarise_pool_aware(result, pool_aware)
     if train:
@@ -277,8 +269,6 @@ def protocol(result: dict) -> dict:
     """``summary.protocol`` from the result: a fixed protocol (schedule, model, training), so nothing is
     chosen from results; ``+pool`` cells read the training frozen on a validation split by
     ``benchmarks.pool_aware_tuning`` (its config and sha256)."""
-    from benchmarks import _results
-
     p, training = result["protocol"], (result.get("pool_aware") or {}).get("training")
     sizes = {"pool": p["pool_size"], "test": p["test_size"]}
     if result.get("imbalanced"):
@@ -297,8 +287,6 @@ def pool_aware_training(quick: bool) -> dict:
     if not POOL_AWARE_CONFIG.exists():
         raise SystemExit(f"{POOL_AWARE_CONFIG.relative_to(ROOT)} is missing: run `python -m "
                          "benchmarks.pool_aware_tuning` (it chooses the training on a validation split)")
-    from benchmarks import _results
-
     config, ref = _results.config_file(POOL_AWARE_CONFIG.name)
     params = {**config["params"], **(POOL_AWARE_QUICK if quick else {})}
     return {"method": config["method"], "params": params, "candidate": config["candidate"], **ref}
@@ -517,16 +505,7 @@ def _head(result: dict) -> str:
             f"Python {m['python']}, torch {m['torch']}, scikit-learn {m['scikit-learn']}, {p['peer']}; "
             f"{p['seeds']} seed(s), wall {result['wall_seconds'] / 60:.0f} min "
             f"({source(result, 'al_label_efficiency.json')}). Full-data accuracy {s['full_data_accuracy']:.3f}, "
-            f"target {result['target_accuracy']:.3f}.{_kernels(result)}")
-
-
-def _kernels(result: dict) -> str:
-    """The CPU kernels the workers ran, where the result records them."""
-    kernels = result["protocol"].get("cpu_kernels")
-    if not kernels:
-        return ""
-    pinned = "pinned" if kernels["pinned"] else "not pinned"
-    return f" CPU kernels {pinned}: torch ran {', '.join(kernels['workers_ran'])} ({result['machine']['cpu']})."
+            f"target {result['target_accuracy']:.3f}.{_results.cpu_kernels_text(result)}")
 
 
 def _strategy_table(result: dict) -> str:
@@ -604,7 +583,7 @@ def _pool_aware_head(result: dict) -> str:
             f"`results/al_label_efficiency_pool_aware.png`), {m['cores']} cores, {result['protocol']['seeds']} seeds, "
             f"{result['wall_seconds']:,.0f} s: full-data accuracy {result['summary']['full_data_accuracy']:.4f}, so "
             f"the 95% mark is {result['target_accuracy']:.4f}. The `+pool` cells train with "
-            f"{pa['training']['candidate']} (`{pa['training']['config']}`).{_kernels(result)}")
+            f"{pa['training']['candidate']} (`{pa['training']['config']}`).{_results.cpu_kernels_text(result)}")
 
 
 def _pool_aware_table(result: dict) -> str:

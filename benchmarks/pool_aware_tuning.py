@@ -7,6 +7,7 @@ budget, FixMatch at two confidence thresholds, mean teacher) trains the benchmar
 200 stratified random labels of the tuning pool, with the rest of it as the unlabelled pool, for 2
 seeds. The candidate with the best mean validation accuracy over both label counts is frozen in
 ``benchmarks/configs/pool_aware.json``, which the benchmark then reads (and records with its hash).
+The workers run the benchmark's pinned CPU kernels (``_results.PINNED_CPU_KERNELS``).
 
     python -m benchmarks.pool_aware_tuning            # ~10 minutes on 2 cores
     python -m benchmarks.pool_aware_tuning --quick    # machinery only (seconds)
@@ -71,7 +72,8 @@ def run(job: dict) -> dict:
                         job["seed"], training=None if training is None else training[0], training_params=params,
                         unlabelled=x[unlabelled])
     accuracy, _ = evaluate(model, x[validation], y[validation], len(meta["classes"]))
-    return {**job, "validation_accuracy": accuracy, "seconds": time.perf_counter() - started}
+    return {**job, "validation_accuracy": accuracy, "seconds": time.perf_counter() - started,
+            "cpu_capability": _results.cpu_capability()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
 
     jobs = [{"candidate": c, "labels": n, "seed": s, "overrides": overrides(c)}
             for c in CANDIDATES for n in LABELS for s in range(seeds)]
+    pinned = _results.pin_cpu_kernels()  # the label-efficiency benchmark's pin; the workers inherit it
     load_before, started = os.getloadavg()[0], time.perf_counter()
     with ProcessPoolExecutor(args.workers, mp_context=get_context("spawn")) as executor:
         results = list(executor.map(run, jobs))
@@ -112,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         "protocol": {"model_selection": "validation", "test_split_read": False,
                      "tuning_pool_size": len(tuning), "validation_size": len(validation),
                      "split": f"stratified split of the benchmark's pool, random_state={TUNING_SEED}",
-                     "labels": list(LABELS), "seeds": seeds, "model": MODEL, "quick": args.quick},
+                     "labels": list(LABELS), "seeds": seeds, "model": MODEL, "quick": args.quick,
+                     "cpu_kernels": _results.cpu_kernels(pinned, results)},
         "candidates": {c: (None if t is None else {"method": t[0], "params": t[1]}) for c, t in CANDIDATES.items()},
         "validation_accuracy": scores,
         "summary": {"mean_validation_accuracy": {c: round(v, 4) for c, v in mean.items()}, "chosen": chosen},
@@ -142,7 +146,7 @@ def protocol(result: dict, config: dict | None) -> dict:
     p = result["protocol"]
     return _results.protocol(
         split_sizes={"train": p["tuning_pool_size"], "validation": p["validation_size"], "test": 0},
-        model_selection="validation", seeds=list(range(p["seeds"])), config=config,
+        model_selection="validation", seeds=list(range(p["seeds"])), config=config, cpu_kernels=p.get("cpu_kernels"),
         **({"config_role": "written here: the choice frozen for benchmarks.al_label_efficiency's +pool cells"}
            if config else {}))
 
@@ -164,7 +168,7 @@ def markdown(result: dict) -> str:
     return (f"Validation accuracy, mean ± std over {p['seeds']} seed(s), {p['validation_size']:,} validation items, "
             f"{p['tuning_pool_size']:,}-item tuning pool ({source(result, 'pool_aware_tuning.json')}):\n\n"
             f"{table(head, rows)}\n\nChosen: {chosen} ({params['epochs']} passes over the pool, mu = "
-            f"{params['mu']}), {frozen}.")
+            f"{params['mu']}), {frozen}.{_results.cpu_kernels_text(result)}")
 
 
 if __name__ == "__main__":
