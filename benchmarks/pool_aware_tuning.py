@@ -9,7 +9,7 @@ seeds. The candidate with the best mean validation accuracy over both label coun
 ``benchmarks/configs/pool_aware.json``, which the benchmark then reads (and records with its hash).
 The workers run the benchmark's pinned CPU kernels (``_results.PINNED_CPU_KERNELS``).
 
-    python -m benchmarks.pool_aware_tuning            # ~10 minutes on 2 cores
+    python -m benchmarks.pool_aware_tuning            # ~3 minutes on 2 cores
     python -m benchmarks.pool_aware_tuning --quick    # machinery only (seconds)
 """
 from __future__ import annotations
