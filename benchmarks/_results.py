@@ -50,8 +50,9 @@ def machine_info(load_before: float) -> dict:
 
 
 def pin_cpu_kernels() -> dict:
-    """Pin torch's, MKL's and OpenBLAS's CPU kernels (:data:`PINNED_CPU_KERNELS`) for the processes this one starts
-    from now on, and for this one if it has not imported torch yet; returns what was set."""
+    """Pin torch's, MKL's and OpenBLAS's CPU kernels (:data:`PINNED_CPU_KERNELS`) for the processes this one
+    starts from now on (this one has loaded numpy's OpenBLAS already, so only its workers run pinned in full);
+    returns what was set."""
     if "avx2" not in cpu_flags():  # arm64, or an x86 CPU the pinned kernels would not run on
         return {}
     os.environ.update(PINNED_CPU_KERNELS)
